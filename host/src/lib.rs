@@ -1,0 +1,3 @@
+//! The DP3 host: everything behind the `dp3` binary.
+
+pub mod cli;

@@ -1,0 +1,1 @@
+//! Storage for DP3: master records, raw datapoints, snapshots and metadata.

@@ -1,0 +1,1 @@
+//! The DP3 module author's crate.

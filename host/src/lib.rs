@@ -1,3 +1,7 @@
 //! The DP3 host: everything behind the `dp3` binary.
+//!
+//! Data flows one way: `api` → `queue` → `pipeline` → store → `snapshot`; see
+//! `docs/ARCHITECTURE.md`.
 
 pub mod cli;
+pub mod queue;

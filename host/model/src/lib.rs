@@ -6,6 +6,7 @@
 pub mod datatype;
 pub mod eid;
 pub mod hash;
+pub mod history;
 pub mod spec;
 pub mod task;
 pub mod value;
@@ -13,6 +14,7 @@ pub mod value;
 pub use datatype::{DataType, DictField, Primitive};
 pub use eid::{Eid, EidType};
 pub use hash::{dp3_hash, entity_hash};
+pub use history::HistoryItem;
 pub use spec::{
     AttrKind, AttrSpec, AttrType, EntitySpec, EntityType, HistoryParams, Lifetime, ModelSpec,
     TimeseriesParams, TimeseriesType,

@@ -2,17 +2,8 @@
 
 use bson::{Bson, Document};
 use chrono::{DateTime, Utc};
+pub use dp3_model::HistoryItem;
 use dp3_model::{DataPoint, Eid};
-
-/// One history item of an observations (`c` set) or timeseries (`c` none) attribute:
-/// `{t1, t2, v, c}` in the master record.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HistoryItem {
-    pub t1: DateTime<Utc>,
-    pub t2: DateTime<Utc>,
-    pub v: Bson,
-    pub c: Option<f64>,
-}
 
 /// A new entity's creation metadata (`#hash`, `#time_created`).
 #[derive(Debug, Clone, Copy, PartialEq)]

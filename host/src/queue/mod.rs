@@ -1,6 +1,8 @@
 //! Task distribution: the durable accept log, shard lanes, the priority lane and
 //! backpressure. The HTTP API only sees [`TaskSubmitter`] and [`ControlSink`].
 
+pub mod accept_log;
+
 use dp3_model::DataPointTask;
 use tokio::sync::oneshot;
 

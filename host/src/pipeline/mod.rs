@@ -1,0 +1,431 @@
+//! The task pipeline: accept → lanes (executor) → staging → writer (store).
+//!
+//! * **Accepting** ([`Pipeline::submit`], the [`TaskSubmitter`] the API uses): tasks are
+//!   appended to the durable accept log by one acceptor thread that group-commits all
+//!   waiting submissions, then dispatched to lanes; only then is the caller told "accepted".
+//! * **Lanes**: `worker_processes × worker_threads` threads. A task goes to lane
+//!   `shard × threads + thread` with `shard = HASH(key) mod worker_processes` (DP3's routing)
+//!   and `thread = (HASH(key) / worker_processes) mod worker_threads`, so one entity's tasks
+//!   are processed in order by one thread. Each lane has a normal queue (external tasks) and
+//!   a priority queue (hook outputs), drained priority first.
+//! * **Writer**: swaps the staging buffer out every `flush_interval` (or when it holds
+//!   `flush_datapoints`), makes the hook outputs of that batch durable in the accept log,
+//!   applies the batch to the store in one transaction together with the lanes' watermarks,
+//!   then dispatches the hook outputs and deletes finished accept-log rows.
+//!
+//! Exactly-once after a crash: every lane processes its tasks in accept-log order per queue,
+//! and the watermark of each (lane, queue) — the position of the last task whose writes are
+//! in the store — is committed atomically with those writes. At start, accept-log rows are
+//! replayed, skipping tasks at or below their lane's watermark; generated rows newer than
+//! the last committed batch are dropped because replaying their parents generates them
+//! again.
+//!
+//! Backpressure: at most `max_in_flight` tasks may be accepted but not yet applied; beyond
+//! that `submit` fails with [`SubmitError::Overloaded`] (HTTP 503 + Retry-After).
+
+pub mod executor;
+pub mod hooks;
+pub mod staging;
+pub mod stats;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use dp3_model::{DataPointTask, ModelSpec};
+use dp3_store::Store;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use crate::clock::Clock;
+use crate::queue::accept_log::{AcceptLog, AcceptLogError, NewRow, RowKind};
+use crate::queue::{Accepted, SubmitError, TaskSubmitter};
+use executor::{Executor, HookSource};
+use staging::{Completion, Staging, TaskOutput};
+pub use stats::PipelineStats;
+
+/// Tuning of the pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// `processing_core.worker_processes`: shards (DP3's routing modulus).
+    pub shards: u32,
+    /// `processing_core.worker_threads`: lanes per shard.
+    pub threads: u32,
+    /// `processing_core.max_inline_generated_tasks`.
+    pub max_inline: usize,
+    /// Tasks accepted but not yet applied before `submit` answers "overloaded".
+    pub max_in_flight: usize,
+    /// Flush the staging buffer when it holds this many datapoints…
+    pub flush_datapoints: usize,
+    /// …or at least this often.
+    pub flush_interval: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            shards: 1,
+            threads: 8,
+            max_inline: 0,
+            max_in_flight: 200_000,
+            flush_datapoints: 50_000,
+            flush_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// One task handed to a lane.
+struct Work {
+    priority: bool,
+    position: staging::Position,
+    task: DataPointTask,
+}
+
+/// A batch of tasks waiting for the acceptor.
+struct Submission {
+    tasks: Vec<DataPointTask>,
+    reply: oneshot::Sender<Result<(), SubmitError>>,
+}
+
+/// State shared by the acceptor, lanes and writer.
+struct Shared {
+    cfg: PipelineConfig,
+    store: Arc<dyn Store>,
+    accept_log: Arc<AcceptLog>,
+    staging: Arc<Staging>,
+    stats: Arc<PipelineStats>,
+    model: Arc<ModelSpec>,
+    lanes: Vec<(Sender<Work>, Sender<Work>)>,
+    /// Accept-log rows not fully applied: seq → tasks still outstanding.
+    rows: Mutex<HashMap<u64, usize>>,
+    /// Tasks dispatched (or reserved for dispatch) but not yet applied.
+    in_flight: AtomicUsize,
+    accepting: AtomicBool,
+    /// Tells idle lanes to exit (shutdown).
+    lanes_stop: AtomicBool,
+    /// Set while the store or accept log cannot write (e.g. disk full).
+    unavailable: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn lane_of(&self, task: &DataPointTask) -> usize {
+        lane_index(task.hash(), self.cfg.shards, self.cfg.threads)
+    }
+
+    fn dispatch(&self, work: Work) {
+        let lane = self.lane_of(&work.task);
+        let (normal, priority) = &self.lanes[lane];
+        let tx = if work.priority { priority } else { normal };
+        // Lanes only stop after every sender is gone, so a send cannot fail while we hold
+        // `Shared`; if it ever did, the task stays in the accept log and is replayed.
+        if tx.send(work).is_err() {
+            error!("lane {lane} is gone; task left in the accept log for replay");
+        }
+    }
+}
+
+/// `shard × threads + thread` (see the module docs).
+pub fn lane_index(hash: u16, shards: u32, threads: u32) -> usize {
+    let shards = shards.max(1);
+    let threads = threads.max(1);
+    let h = u32::from(hash);
+    ((h % shards) * threads + (h / shards) % threads) as usize
+}
+
+/// The running pipeline.
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    submit_tx: Mutex<Option<Sender<Submission>>>,
+    acceptor: Mutex<Option<JoinHandle<()>>>,
+    lanes: Mutex<Vec<JoinHandle<()>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    writer_stop: Arc<AtomicBool>,
+}
+
+/// Why the pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    AcceptLog(#[from] AcceptLogError),
+    #[error("store: {0}")]
+    Store(#[from] dp3_store::StoreError),
+    #[error("cannot start thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+impl Pipeline {
+    /// Start lanes, writer and acceptor, after replaying unfinished tasks from the accept
+    /// log (they are dispatched before any new submission).
+    pub fn start(
+        cfg: PipelineConfig,
+        model: Arc<ModelSpec>,
+        store: Arc<dyn Store>,
+        accept_log: Arc<AcceptLog>,
+        hooks: Arc<dyn HookSource>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Pipeline, PipelineError> {
+        let lane_count = (cfg.shards.max(1) * cfg.threads.max(1)) as usize;
+        let mut senders = Vec::with_capacity(lane_count);
+        let mut receivers = Vec::with_capacity(lane_count);
+        for _ in 0..lane_count {
+            let (ntx, nrx) = crossbeam_channel::unbounded();
+            let (ptx, prx) = crossbeam_channel::unbounded();
+            senders.push((ntx, ptx));
+            receivers.push((nrx, prx));
+        }
+        let staging = Arc::new(Staging::new());
+        let stats = Arc::new(PipelineStats::default());
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            store: store.clone(),
+            accept_log,
+            staging: staging.clone(),
+            stats: stats.clone(),
+            model: model.clone(),
+            lanes: senders,
+            rows: Mutex::new(HashMap::new()),
+            in_flight: AtomicUsize::new(0),
+            accepting: AtomicBool::new(true),
+            lanes_stop: AtomicBool::new(false),
+            unavailable: Mutex::new(None),
+        });
+
+        let state = writer::load_state(&*store, &cfg)?;
+        let replayed = writer::replay(&shared, &state)?;
+        if replayed > 0 {
+            info!(tasks = replayed, "replaying unfinished tasks from the accept log");
+        }
+
+        let executor = Arc::new(Executor {
+            model,
+            store,
+            staging,
+            hooks,
+            clock,
+            stats,
+            max_inline: cfg.max_inline,
+        });
+        let mut lanes = Vec::with_capacity(lane_count);
+        for (i, (nrx, prx)) in receivers.into_iter().enumerate() {
+            let executor = executor.clone();
+            let shared = shared.clone();
+            lanes.push(
+                std::thread::Builder::new()
+                    .name(format!("dp3-lane-{i}"))
+                    .spawn(move || run_lane(i, nrx, prx, &executor, &shared))?,
+            );
+        }
+
+        let writer_stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let shared = shared.clone();
+            let stop = writer_stop.clone();
+            std::thread::Builder::new()
+                .name("dp3-writer".into())
+                .spawn(move || writer::run(&shared, state, &stop))?
+        };
+
+        let (submit_tx, submit_rx) = crossbeam_channel::unbounded();
+        let acceptor = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("dp3-acceptor".into())
+                .spawn(move || run_acceptor(&shared, submit_rx))?
+        };
+
+        Ok(Pipeline {
+            shared,
+            submit_tx: Mutex::new(Some(submit_tx)),
+            acceptor: Mutex::new(Some(acceptor)),
+            lanes: Mutex::new(lanes),
+            writer: Mutex::new(Some(writer)),
+            writer_stop,
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Arc<PipelineStats> {
+        &self.shared.stats
+    }
+
+    /// Tasks accepted (or generated) but not yet applied to the store.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Wait until every accepted task is applied (or `timeout` passes); true if idle.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.in_flight() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// Graceful shutdown: stop accepting, drain the queues within `timeout`, flush, stop
+    /// threads. Tasks not applied by then stay in the accept log and are replayed at the
+    /// next start. Returns true when everything was drained.
+    pub fn shutdown(&self, timeout: Duration) -> bool {
+        self.shared.accepting.store(false, Ordering::SeqCst);
+        drop(self.submit_tx.lock().take());
+        if let Some(h) = self.acceptor.lock().take() {
+            let _ = h.join();
+        }
+        let drained = self.wait_idle(timeout);
+        if !drained {
+            warn!(
+                in_flight = self.in_flight(),
+                "shutdown deadline reached; unfinished tasks stay in the accept log"
+            );
+        }
+        // Lanes first (their queues are empty when drained; otherwise the rest stays in the
+        // accept log), then the writer, which applies whatever is still staged.
+        self.shared.lanes_stop.store(true, Ordering::SeqCst);
+        let lanes: Vec<_> = std::mem::take(&mut *self.lanes.lock());
+        for h in lanes {
+            let _ = h.join();
+        }
+        self.writer_stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.writer.lock().take() {
+            let _ = h.join();
+        }
+        if let Err(e) = self.shared.store.flush() {
+            error!(error = %e, "final store flush failed");
+        }
+        drained
+    }
+}
+
+impl TaskSubmitter for Pipeline {
+    fn submit(&self, tasks: Vec<DataPointTask>) -> Result<Accepted, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        if !self.shared.accepting.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        if let Some(reason) = self.shared.unavailable.lock().clone() {
+            return Err(SubmitError::Unavailable(reason));
+        }
+        if tasks.is_empty() {
+            let _ = reply.send(Ok(()));
+            return Ok(rx);
+        }
+        let n = tasks.len();
+        let before = self.shared.in_flight.fetch_add(n, Ordering::SeqCst);
+        if before + n > self.shared.cfg.max_in_flight && before > 0 {
+            self.shared.in_flight.fetch_sub(n, Ordering::SeqCst);
+            return Err(SubmitError::Overloaded {
+                retry_after_secs: 1,
+            });
+        }
+        let guard = self.submit_tx.lock();
+        let Some(tx) = guard.as_ref() else {
+            self.shared.in_flight.fetch_sub(n, Ordering::SeqCst);
+            return Err(SubmitError::ShuttingDown);
+        };
+        if tx.send(Submission { tasks, reply }).is_err() {
+            self.shared.in_flight.fetch_sub(n, Ordering::SeqCst);
+            return Err(SubmitError::ShuttingDown);
+        }
+        Ok(rx)
+    }
+}
+
+/// The acceptor: group-commit waiting submissions into the accept log, dispatch, reply.
+fn run_acceptor(shared: &Shared, rx: Receiver<Submission>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < 256 {
+            match rx.try_recv() {
+                Ok(s) => group.push(s),
+                Err(_) => break,
+            }
+        }
+        let rows: Vec<NewRow<'_>> = group
+            .iter()
+            .map(|s| NewRow {
+                kind: RowKind::External,
+                priority: false,
+                tasks: &s.tasks,
+            })
+            .collect();
+        match shared.accept_log.append(&rows) {
+            Ok(seqs) => {
+                for (seq, sub) in seqs.into_iter().zip(group) {
+                    shared.stats.tasks_accepted.add(sub.tasks.len() as u64);
+                    shared
+                        .stats
+                        .datapoints_accepted
+                        .add(sub.tasks.iter().map(|t| t.data_points.len() as u64).sum());
+                    shared.rows.lock().insert(seq, sub.tasks.len());
+                    for (i, task) in sub.tasks.into_iter().enumerate() {
+                        shared.dispatch(Work {
+                            priority: false,
+                            position: (seq, i as u32),
+                            task,
+                        });
+                    }
+                    let _ = sub.reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "cannot persist accepted tasks");
+                let err = SubmitError::Unavailable(e.to_string());
+                for sub in group {
+                    shared.in_flight.fetch_sub(sub.tasks.len(), Ordering::SeqCst);
+                    let _ = sub.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// A lane: process tasks (priority first) and stage their writes, until told to stop.
+fn run_lane(
+    lane: usize,
+    normal: Receiver<Work>,
+    priority: Receiver<Work>,
+    executor: &Executor,
+    shared: &Shared,
+) {
+    loop {
+        if shared.lanes_stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let work = priority.try_recv().ok().or_else(|| normal.try_recv().ok());
+        let Some(work) = work else {
+            let mut sel = crossbeam_channel::Select::new();
+            sel.recv(&priority);
+            sel.recv(&normal);
+            let _ = sel.ready_timeout(Duration::from_millis(100));
+            continue;
+        };
+        let mut out = TaskOutput::default();
+        let task = work.task;
+        // A panic here would be a host bug (hooks catch their own); keep the lane alive
+        // rather than taking the process down.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            executor.process_chain(task, &mut out);
+        }));
+        if result.is_err() {
+            error!(lane, "task processing panicked; the task is skipped");
+            shared.stats.task_errors.inc();
+            out = TaskOutput::default();
+        }
+        shared.staging.stage(
+            Completion {
+                lane,
+                priority: work.priority,
+                position: work.position,
+            },
+            out,
+        );
+    }
+}

@@ -3,7 +3,10 @@
 //!
 //! This crate knows nothing about storage, HTTP or plugins; everything else builds on it.
 
+pub mod config;
+pub mod cron;
 pub mod datatype;
+pub mod duration;
 pub mod eid;
 pub mod hash;
 pub mod history;

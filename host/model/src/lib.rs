@@ -12,6 +12,8 @@ pub mod hash;
 pub mod history;
 pub mod spec;
 pub mod task;
+pub mod time;
+pub mod validate;
 pub mod value;
 
 pub use datatype::{DataType, DictField, Primitive};

@@ -6,7 +6,7 @@
 //! Validation is DP3's, plus two deliberate tightenings (documented in docs/configuration.md):
 //! numbers inside cron strings are range-checked per field (DP3 accepts `minute: "75"` and the
 //! scheduler fails later), and `hour` is limited to 0–23 (DP3's validator allows up to 59).
-//! Only the `UTC` time zone is supported.
+//! `timezone` must be an IANA time-zone name (default `UTC`).
 
 use std::fmt;
 use std::sync::LazyLock;
@@ -149,15 +149,14 @@ impl CronExpression {
                 }
             },
             "timezone" => match v {
-                yaml_serde::Value::String(s)
-                    if matches!(s.as_str(), "UTC" | "Etc/UTC" | "utc" | "GMT" | "Etc/GMT") =>
-                {
-                    self.timezone = "UTC".into();
+                yaml_serde::Value::String(s) if s.parse::<chrono_tz::Tz>().is_ok() => {
+                    self.timezone = s.clone();
                 }
                 _ => {
                     return Err(CronError {
-                        message: "unsupported time zone".into(),
-                        expected: "\"UTC\" (the only supported time zone)".into(),
+                        message: "unknown time zone".into(),
+                        expected: "an IANA time-zone name such as \"UTC\" or \"Europe/Prague\""
+                            .into(),
                     });
                 }
             },
@@ -169,6 +168,27 @@ impl CronExpression {
             }
         }
         Ok(())
+    }
+
+    /// Every field as the expression string the scheduler evaluates (ints as decimal text),
+    /// coarse to fine: year, month, day, week, day_of_week, hour, minute, second.
+    pub fn field_exprs(&self) -> [(&'static str, Option<String>); 8] {
+        let f = |c: &Option<CronField>| {
+            c.as_ref().map(|c| match c {
+                CronField::Value(v) => v.to_string(),
+                CronField::Expr(s) => s.clone(),
+            })
+        };
+        [
+            ("year", self.year.clone()),
+            ("month", self.month.map(|m| m.to_string())),
+            ("day", f(&self.day)),
+            ("week", self.week.map(|w| w.to_string())),
+            ("day_of_week", f(&self.day_of_week)),
+            ("hour", f(&self.hour)),
+            ("minute", f(&self.minute)),
+            ("second", f(&self.second)),
+        ]
     }
 
     /// The fields that are set, as `(name, rendered value)` in coarse-to-fine order.
@@ -326,16 +346,49 @@ mod tests {
 
     #[test]
     fn accepted() {
-        assert_eq!(set("minute", "\"*/10\"").unwrap().minute, Some(CronField::Expr("*/10".into())));
-        assert_eq!(set("minute", "5").unwrap().minute, Some(CronField::Value(5)));
-        assert_eq!(set("minute", "\" 5\"").unwrap().minute, Some(CronField::Value(5)));
-        assert_eq!(set("minute", "\"15,45\"").unwrap().minute.unwrap().pattern(), CronPattern::List(vec![15, 45]));
-        assert_eq!(set("day_of_week", "\"0-4\"").unwrap().day_of_week.unwrap().pattern(), CronPattern::Range(0, 4));
-        assert_eq!(set("hour", "\"*\"").unwrap().hour.unwrap().pattern(), CronPattern::Any);
+        assert_eq!(
+            set("minute", "\"*/10\"").unwrap().minute,
+            Some(CronField::Expr("*/10".into()))
+        );
+        assert_eq!(
+            set("minute", "5").unwrap().minute,
+            Some(CronField::Value(5))
+        );
+        assert_eq!(
+            set("minute", "\" 5\"").unwrap().minute,
+            Some(CronField::Value(5))
+        );
+        assert_eq!(
+            set("minute", "\"15,45\"")
+                .unwrap()
+                .minute
+                .unwrap()
+                .pattern(),
+            CronPattern::List(vec![15, 45])
+        );
+        assert_eq!(
+            set("day_of_week", "\"0-4\"")
+                .unwrap()
+                .day_of_week
+                .unwrap()
+                .pattern(),
+            CronPattern::Range(0, 4)
+        );
+        assert_eq!(
+            set("hour", "\"*\"").unwrap().hour.unwrap().pattern(),
+            CronPattern::Any
+        );
         assert_eq!(set("week", "53").unwrap().week, Some(53));
         assert_eq!(set("month", "12").unwrap().month, Some(12));
-        assert_eq!(set("year", "\"2027\"").unwrap().year.as_deref(), Some("2027"));
+        assert_eq!(
+            set("year", "\"2027\"").unwrap().year.as_deref(),
+            Some("2027")
+        );
         assert_eq!(set("timezone", "UTC").unwrap().timezone, "UTC");
+        assert_eq!(
+            set("timezone", "Europe/Prague").unwrap().timezone,
+            "Europe/Prague"
+        );
         assert_eq!(set("day", "31").unwrap().day, Some(CronField::Value(31)));
     }
 
@@ -363,11 +416,23 @@ mod tests {
             ("month", "13"),
             ("year", "2027"),
             ("year", "\"27\""),
-            ("timezone", "Europe/Prague"),
+            ("timezone", "Mars/Olympus"),
+            ("timezone", "5"),
             ("minutes", "5"),
         ] {
             assert!(set(k, v).is_err(), "{k}: {v} should be rejected");
         }
+    }
+
+    #[test]
+    fn field_exprs_for_the_scheduler() {
+        let mut c = CronExpression::with_fields(&[("hour", "2"), ("minute", "*/5")]);
+        c.week = Some(3);
+        let f = c.field_exprs();
+        assert_eq!(f[3], ("week", Some("3".to_owned())));
+        assert_eq!(f[5], ("hour", Some("2".to_owned())));
+        assert_eq!(f[6], ("minute", Some("*/5".to_owned())));
+        assert_eq!(f[7], ("second", None));
     }
 
     #[test]

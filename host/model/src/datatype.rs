@@ -174,7 +174,8 @@ fn error(message: String, expected: &str) -> DataTypeError {
     }
 }
 
-static ARRAY: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^array<(.+)>$").expect("static regex"));
+static ARRAY: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^array<(.+)>$").expect("static regex"));
 static SET: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^set<(.+)>$").expect("static regex"));
 static LINK: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
@@ -183,8 +184,9 @@ static LINK: LazyLock<Regex> = LazyLock::new(|| {
     .expect("static regex")
 });
 /// Our extension: `D;mirror=M` captured as the data part (DP3 needs `D ;mirror=M`).
-static DATA_MIRROR: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^(?P<data>.+);\s*mirror=(?P<mirror>\S+)$").expect("static regex"));
+static DATA_MIRROR: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?P<data>.+);\s*mirror=(?P<mirror>\S+)$").expect("static regex")
+});
 static DICT: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^dict\s*<(\s*(\w+\??:\w+,\s*)*(\w+\??:\w+\s*))>$").expect("static regex")
 });
@@ -593,14 +595,26 @@ mod tests {
         assert!(err(" int").contains("not supported"));
         assert!(err("int ").contains("not supported"));
         assert!(err("Int").contains("not supported"));
-        assert_eq!(DataType::parse("strng").unwrap_err().suggestion.as_deref(), Some("string"));
+        assert_eq!(
+            DataType::parse("strng").unwrap_err().suggestion.as_deref(),
+            Some("string")
+        );
     }
 
     #[test]
     fn arrays_and_sets() {
-        assert_eq!(p("array<int>"), DataType::Array(Box::new(DataType::Primitive(Primitive::Int))));
-        assert_eq!(p("set< ipv4 >"), DataType::Set(Box::new(DataType::Primitive(Primitive::Ipv4))));
-        assert_eq!(p("array<link<ip>>"), DataType::Array(Box::new(link("ip", None, None))));
+        assert_eq!(
+            p("array<int>"),
+            DataType::Array(Box::new(DataType::Primitive(Primitive::Int)))
+        );
+        assert_eq!(
+            p("set< ipv4 >"),
+            DataType::Set(Box::new(DataType::Primitive(Primitive::Ipv4)))
+        );
+        assert_eq!(
+            p("array<link<ip>>"),
+            DataType::Array(Box::new(link("ip", None, None)))
+        );
         assert!(err("array<array<int>>").contains("not supported as an array element"));
         assert!(err("set<dict<a:int>>").contains("not supported as a set element"));
         assert!(err("set<category<string;a>>").contains("as a set element"));
@@ -612,9 +626,18 @@ mod tests {
     fn links() {
         assert_eq!(p("link<ip>"), link("ip", None, None));
         assert_eq!(p("link < ip >"), link("ip", None, None));
-        assert_eq!(p("link<ip, int>"), link("ip", Some(DataType::Primitive(Primitive::Int)), None));
-        assert_eq!(p("link<ip;mirror=devices>"), link("ip", None, Some("devices")));
-        assert_eq!(p("link<ip; mirror=devices>"), link("ip", None, Some("devices")));
+        assert_eq!(
+            p("link<ip, int>"),
+            link("ip", Some(DataType::Primitive(Primitive::Int)), None)
+        );
+        assert_eq!(
+            p("link<ip;mirror=devices>"),
+            link("ip", None, Some("devices"))
+        );
+        assert_eq!(
+            p("link<ip; mirror=devices>"),
+            link("ip", None, Some("devices"))
+        );
         let with_data = link("ip", Some(DataType::Primitive(Primitive::Int)), Some("m"));
         assert_eq!(p("link<ip,int ;mirror=m>"), with_data);
         // Our extension: no whitespace needed before `;`.
@@ -627,7 +650,10 @@ mod tests {
             p("link<ip,category<string;a,b>;mirror=m>"),
             link("ip", Some(p("category<string;a,b>")), Some("m"))
         );
-        assert_eq!(p("link<ip,array<int>>"), link("ip", Some(p("array<int>")), None));
+        assert_eq!(
+            p("link<ip,array<int>>"),
+            link("ip", Some(p("array<int>")), None)
+        );
         assert!(err("link<ip,foo>").contains("link data"));
         assert!(err("link<ip;mirror=1x>").contains("mirror"));
         assert!(err("link<ip,link<x;mirror=m>>").contains("mirror"));
@@ -640,14 +666,26 @@ mod tests {
         assert_eq!(
             p("dict<a:int,b?:ipv4>"),
             DataType::Dict(vec![
-                DictField { name: "a".into(), optional: false, ty: Primitive::Int },
-                DictField { name: "b".into(), optional: true, ty: Primitive::Ipv4 },
+                DictField {
+                    name: "a".into(),
+                    optional: false,
+                    ty: Primitive::Int
+                },
+                DictField {
+                    name: "b".into(),
+                    optional: true,
+                    ty: Primitive::Ipv4
+                },
             ])
         );
         assert!(matches!(p("dict< a:int, b:string >"), DataType::Dict(f) if f.len() == 2));
         assert_eq!(
             p("dict<a:int,a?:string>"),
-            DataType::Dict(vec![DictField { name: "a".into(), optional: true, ty: Primitive::String }])
+            DataType::Dict(vec![DictField {
+                name: "a".into(),
+                optional: true,
+                ty: Primitive::String
+            }])
         );
         // DP3: no whitespace around ':' or before ','.
         assert!(err("dict<a: int>").contains("not supported"));
@@ -659,17 +697,24 @@ mod tests {
     #[test]
     fn categories() {
         assert_eq!(
-            p("category<string; up, down ,up>"),
-            DataType::Category { base: Primitive::String, members: vec![Bson::String("up".into()), Bson::String("down".into())] }
+            p("category<string; up, down, up >"),
+            DataType::Category {
+                base: Primitive::String,
+                members: vec![Bson::String("up".into()), Bson::String("down".into())]
+            }
         );
         assert_eq!(
             p("category<int;1,2,1_000>"),
-            DataType::Category { base: Primitive::Int, members: vec![Bson::Int32(1), Bson::Int32(2), Bson::Int32(1000)] }
+            DataType::Category {
+                base: Primitive::Int,
+                members: vec![Bson::Int32(1), Bson::Int32(2), Bson::Int32(1000)]
+            }
         );
         assert!(err("category<int;1,x>").contains("'x' is not an int"));
         assert!(err("category<tag;false,true>").contains("base type 'tag'"));
         assert!(err("category<float;1,2>").contains("base type"));
         assert!(err("category<string;a b>").contains("not supported"));
+        assert!(err("category<string;a ,b>").contains("not supported"));
         assert!(err("category<float;1.5,2>").contains("not supported"));
         assert!(err("category<foo;a>").contains("'foo' is not supported"));
     }
@@ -690,7 +735,10 @@ mod tests {
             assert_eq!(p(s).to_string(), s);
             assert_eq!(p(&p(s).to_string()), p(s));
         }
-        assert_eq!(p("link<ip, int ;mirror=m>").to_string(), "link<ip,int;mirror=m>");
+        assert_eq!(
+            p("link<ip, int ;mirror=m>").to_string(),
+            "link<ip,int;mirror=m>"
+        );
     }
 
     #[test]
@@ -707,7 +755,10 @@ mod tests {
             ("ipv6", "<class 'ipaddress.IPv6Address'>"),
             ("mac", "<class 'dp3.common.mac_address.MACAddress'>"),
             ("special", "typing.Any"),
-            ("json", "typing.Union[typing.Annotated[typing.Any, Json], dict, list]"),
+            (
+                "json",
+                "typing.Union[typing.Annotated[typing.Any, Json], dict, list]",
+            ),
             ("category<string;a,b>", "<enum 'Category<string>'>"),
             ("array<int>", "list[int]"),
             ("set<ipv4>", "list[ipaddress.IPv4Address]"),
@@ -715,7 +766,10 @@ mod tests {
             ("array<link<e2,int>>", "list[dp3.common.datatype.Link<int>]"),
             ("link<e2>", "link<e2,None>"),
             ("link<e2, int>", "link<e2,int>"),
-            ("dict<b?:ipv4,a:int>", "dict<a:(<class 'int'>, Ellipsis),b:(ipaddress.IPv4Address | None, None)>"),
+            (
+                "dict<b?:ipv4,a:int>",
+                "dict<a:(<class 'int'>, Ellipsis),b:(ipaddress.IPv4Address | None, None)>",
+            ),
         ] {
             assert_eq!(p(s).type_info(), info, "{s}");
         }
@@ -725,7 +779,14 @@ mod tests {
     fn hashable() {
         assert!(p("int").hashable());
         assert!(p("category<string;settled,open>").hashable());
-        for s in ["json", "special", "array<int>", "set<int>", "dict<a:int>", "link<x>"] {
+        for s in [
+            "json",
+            "special",
+            "array<int>",
+            "set<int>",
+            "dict<a:int>",
+            "link<x>",
+        ] {
             assert!(!p(s).hashable(), "{s}");
         }
     }

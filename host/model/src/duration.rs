@@ -36,16 +36,12 @@ impl DurationError {
 static SIMPLE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^\s*(\d+)([smhd])?$").expect("static regex"));
 static ISO: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(
-        r"^P(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d{1,9})?)S)?)?$",
-    )
-    .expect("static regex")
+    Regex::new(r"^P(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d{1,9})?)S)?)?$")
+        .expect("static regex")
 });
 static CLOCK: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(
-        r"^(-)?(?:(\d+) ?days?,? ?)?(?:(\d{1,2}):(\d{2}):(\d{2}(?:\.\d{1,6})?))?$",
-    )
-    .expect("static regex")
+    Regex::new(r"^(-)?(?:(\d+) ?days?,? ?)?(?:(\d{1,2}):(\d{2}):(\d{2}(?:\.\d{1,6})?))?$")
+        .expect("static regex")
 });
 
 /// Parse a duration given as YAML.
@@ -82,7 +78,10 @@ pub fn parse_duration_str(s: &str) -> Result<TimeDelta, DurationError> {
             Some("h") => 3600,
             _ => 86400,
         };
-        return n.checked_mul(unit).ok_or_else(too_large).and_then(seconds_i64);
+        return n
+            .checked_mul(unit)
+            .ok_or_else(too_large)
+            .and_then(seconds_i64);
     }
     if s.len() > 1
         && let Some(c) = ISO.captures(s)
@@ -99,7 +98,9 @@ pub fn parse_duration_str(s: &str) -> Result<TimeDelta, DurationError> {
             }
         }
         let secs: f64 = c.get(5).map_or(Ok(0.0), |m| {
-            m.as_str().parse::<f64>().map_err(|_| DurationError::invalid())
+            m.as_str()
+                .parse::<f64>()
+                .map_err(|_| DurationError::invalid())
         })?;
         return seconds_i64(whole)?
             .checked_add(&seconds_f64(secs)?)
@@ -114,9 +115,15 @@ pub fn parse_duration_str(s: &str) -> Result<TimeDelta, DurationError> {
             .map_or(Ok(0), |m| m.as_str().parse().map_err(|_| too_large()))?;
         let (h, m, sec) = match (c.get(3), c.get(4), c.get(5)) {
             (Some(h), Some(m), Some(sec)) => (
-                h.as_str().parse::<i64>().map_err(|_| DurationError::invalid())?,
-                m.as_str().parse::<i64>().map_err(|_| DurationError::invalid())?,
-                sec.as_str().parse::<f64>().map_err(|_| DurationError::invalid())?,
+                h.as_str()
+                    .parse::<i64>()
+                    .map_err(|_| DurationError::invalid())?,
+                m.as_str()
+                    .parse::<i64>()
+                    .map_err(|_| DurationError::invalid())?,
+                sec.as_str()
+                    .parse::<f64>()
+                    .map_err(|_| DurationError::invalid())?,
             ),
             _ => (0, 0, 0.0),
         };
@@ -174,7 +181,9 @@ fn seconds_f64(s: f64) -> Result<TimeDelta, DurationError> {
 /// Render a duration compactly (`90s` → `1m30s`, `0s`), for summaries and messages.
 pub fn format_duration(d: TimeDelta) -> String {
     let mut secs = d.num_seconds();
-    let sub_micros = (d - TimeDelta::seconds(secs)).num_microseconds().unwrap_or(0);
+    let sub_micros = (d - TimeDelta::seconds(secs))
+        .num_microseconds()
+        .unwrap_or(0);
     if secs == 0 && sub_micros == 0 {
         return "0s".into();
     }
@@ -239,9 +248,28 @@ mod tests {
     #[test]
     fn rejected_forms() {
         for input in [
-            "\"30\"", "\"1.5h\"", "\"-5m\"", "\"5M\"", "\"5 m\"", "\"5w\"", "\"1d2h\"",
-            "\"inf\"", "\"5m \"", "\"\"", "P", "PT", "\"10:00\"", "\"01:60:00\"", "-5", "-1.5",
-            "true", "null", "[1]", "{a: 1}", "\"-1 day\"", "\"99999999999999999999d\"",
+            "\"30\"",
+            "\"1.5h\"",
+            "\"-5m\"",
+            "\"5M\"",
+            "\"5 m\"",
+            "\"5w\"",
+            "\"1d2h\"",
+            "\"inf\"",
+            "\"5m \"",
+            "\"\"",
+            "P",
+            "PT",
+            "\"10:00\"",
+            "\"01:60:00\"",
+            "-5",
+            "-1.5",
+            "true",
+            "null",
+            "[1]",
+            "{a: 1}",
+            "\"-1 day\"",
+            "\"99999999999999999999d\"",
         ] {
             assert!(secs(input).is_err(), "{input} should be rejected");
         }

@@ -42,7 +42,12 @@ const OBSERVATIONS_KEYS: [&str; 6] = [
     "history_force_graph",
 ];
 const TIMESERIES_KEYS: [&str; 3] = ["timeseries_type", "series", "timeseries_params"];
-const SERIES_TYPES: [Primitive; 4] = [Primitive::Int, Primitive::Int64, Primitive::Float, Primitive::Time];
+const SERIES_TYPES: [Primitive; 4] = [
+    Primitive::Int,
+    Primitive::Int64,
+    Primitive::Float,
+    Primitive::Time,
+];
 
 /// One parsed `db_entities/<file>.yml` before attributes are built.
 struct EntityFile<'t> {
@@ -101,7 +106,12 @@ pub(crate) fn build_model(dir: &DirTree, errors: &mut Vec<ConfigError>) -> Optio
             if let Some(dt) = attr.data_type()
                 && let (Some(m), Some(target)) = (dt.mirror(), dt.link_target())
             {
-                mirrors.push((target.to_owned(), m.to_owned(), etype.clone(), attr.id.clone()));
+                mirrors.push((
+                    target.to_owned(),
+                    m.to_owned(),
+                    etype.clone(),
+                    attr.id.clone(),
+                ));
             }
         }
     }
@@ -181,12 +191,19 @@ pub(crate) fn build_model(dir: &DirTree, errors: &mut Vec<ConfigError>) -> Optio
 
 fn parse_entity_file<'t>(ctx: &mut Ctx, stem: &str, v: &'t Yaml) -> Option<EntityFile<'t>> {
     let f = ctx.fields(v, "", &["entity", "attribs"])?;
-    let spec = f.req(ctx, "entity", |ctx, v, p| parse_entity_block(ctx, v, p, stem));
+    let spec = f.req(ctx, "entity", |ctx, v, p| {
+        parse_entity_block(ctx, v, p, stem)
+    });
     let attribs = f.req(ctx, "attribs", |ctx, v, p| {
         if v.is_mapping() {
             Some(v)
         } else {
-            ctx.invalid(p, v, "expected a mapping of attributes, got", "a mapping attribute id → specification (`attribs: {}` for none)");
+            ctx.invalid(
+                p,
+                v,
+                "expected a mapping of attributes, got",
+                "a mapping attribute id → specification (`attribs: {}` for none)",
+            );
             None
         }
     });
@@ -198,7 +215,18 @@ fn parse_entity_file<'t>(ctx: &mut Ctx, stem: &str, v: &'t Yaml) -> Option<Entit
 }
 
 fn parse_entity_block(ctx: &mut Ctx, v: &Yaml, path: &str, stem: &str) -> Option<EntitySpec> {
-    let f = ctx.fields(v, path, &["id", "name", "description", "snapshot", "id_data_type", "lifetime"])?;
+    let f = ctx.fields(
+        v,
+        path,
+        &[
+            "id",
+            "name",
+            "description",
+            "snapshot",
+            "id_data_type",
+            "lifetime",
+        ],
+    )?;
     let id = f.req(ctx, "id", |ctx, v, p| {
         let id = ctx.string(v, p)?;
         if !ID_RE.is_match(&id) {
@@ -207,9 +235,13 @@ fn parse_entity_block(ctx: &mut Ctx, v: &Yaml, path: &str, stem: &str) -> Option
         }
         if id != stem {
             ctx.push(
-                ConfigError::new(ctx.file.clone(), p, format!("entity id does not match the file name '{stem}.yml':"))
-                    .with_value(render(v))
-                    .with_expected(format!("\"{stem}\", or rename the file to {id}.yml")),
+                ConfigError::new(
+                    ctx.file.clone(),
+                    p,
+                    format!("entity id does not match the file name '{stem}.yml':"),
+                )
+                .with_value(render(v))
+                .with_expected(format!("\"{stem}\", or rename the file to {id}.yml")),
             );
             return None;
         }
@@ -263,10 +295,14 @@ fn parse_lifetime(ctx: &mut Ctx, v: &Yaml, path: &str) -> Option<Lifetime> {
             Some(s) if types.contains(&s) => Some(s),
             _ => {
                 ctx.push(
-                    ConfigError::new(ctx.file.clone(), join(path, "type"), "unknown lifetime type")
-                        .with_value(render(t))
-                        .with_expected("one of: immortal, ttl, weak")
-                        .with_suggestion(t.as_str().and_then(|s| suggest(s, types))),
+                    ConfigError::new(
+                        ctx.file.clone(),
+                        join(path, "type"),
+                        "unknown lifetime type",
+                    )
+                    .with_value(render(t))
+                    .with_expected("one of: immortal, ttl, weak")
+                    .with_suggestion(t.as_str().and_then(|s| suggest(s, types))),
                 );
                 None
             }
@@ -284,7 +320,11 @@ fn parse_lifetime(ctx: &mut Ctx, v: &Yaml, path: &str) -> Option<Lifetime> {
         }
         Some(t) => {
             ctx.fields(v, path, &["type"])?;
-            Some(if t == "weak" { Lifetime::Weak } else { Lifetime::Immortal })
+            Some(if t == "weak" {
+                Lifetime::Weak
+            } else {
+                Lifetime::Immortal
+            })
         }
         None => {
             ctx.fields(v, path, &["type", "on_create", "mirror_data"]);
@@ -304,7 +344,12 @@ fn parse_attribs(
     for (id, spec) in items {
         let path = join("attribs", &id);
         if !ID_RE.is_match(&id) {
-            ctx.invalid(&path, &Yaml::String(id.clone()), "invalid attribute id", ID_EXPECTED);
+            ctx.invalid(
+                &path,
+                &Yaml::String(id.clone()),
+                "invalid attribute id",
+                ID_EXPECTED,
+            );
             ok = false;
             continue;
         }
@@ -336,7 +381,12 @@ fn parse_attr(
     etypes: &IndexMap<String, EidType>,
 ) -> Option<AttrSpec> {
     if !v.is_mapping() {
-        ctx.invalid(path, v, "an attribute specification must be a mapping, got", "a mapping with type, name, ...");
+        ctx.invalid(
+            path,
+            v,
+            "an attribute specification must be a mapping, got",
+            "a mapping with type, name, ...",
+        );
         return None;
     }
     if let Some(t) = v.get("t") {
@@ -359,10 +409,14 @@ fn parse_attr(
             Some(s) if ATTR_TYPES.contains(&s) => Some(s),
             _ => {
                 ctx.push(
-                    ConfigError::new(ctx.file.clone(), join(path, "type"), "unknown attribute type")
-                        .with_value(render(t))
-                        .with_expected("one of: plain, observations, timeseries")
-                        .with_suggestion(t.as_str().and_then(|s| suggest(s, ATTR_TYPES))),
+                    ConfigError::new(
+                        ctx.file.clone(),
+                        join(path, "type"),
+                        "unknown attribute type",
+                    )
+                    .with_value(render(t))
+                    .with_expected("one of: plain, observations, timeseries")
+                    .with_suggestion(t.as_str().and_then(|s| suggest(s, ATTR_TYPES))),
                 );
                 None
             }
@@ -373,18 +427,31 @@ fn parse_attr(
         Some("observations") => OBSERVATIONS_KEYS.to_vec(),
         Some(_) => TIMESERIES_KEYS.to_vec(),
         // Unknown type: accept the union so that only real typos are reported.
-        None => OBSERVATIONS_KEYS.iter().chain(TIMESERIES_KEYS.iter()).copied().collect(),
+        None => OBSERVATIONS_KEYS
+            .iter()
+            .chain(TIMESERIES_KEYS.iter())
+            .copied()
+            .collect(),
     };
-    let mut allowed: Vec<&str> = COMMON_KEYS.iter().chain(kind_keys.iter()).copied().collect();
-    allowed.push("t"); // reported above with a specific message
-    let f = ctx.fields(v, path, &allowed)?;
+    let allowed: Vec<&str> = COMMON_KEYS
+        .iter()
+        .chain(kind_keys.iter())
+        .copied()
+        .collect();
+    // `t` was reported above with a specific message.
+    let f = ctx.fields_hiding(v, path, &allowed, &["t"])?;
 
     // DP3 overwrites an inner `id` with the map key; we accept it only when it agrees.
     let id_ok = f
         .opt(ctx, "id", id.to_owned(), |ctx, v, p| {
             let s = ctx.string(v, p)?;
             if s != id {
-                ctx.invalid(p, v, "attribute id differs from its key", format!("\"{id}\" or no `id` key (the key is the attribute id)"));
+                ctx.invalid(
+                    p,
+                    v,
+                    "attribute id differs from its key",
+                    format!("\"{id}\" or no `id` key (the key is the attribute id)"),
+                );
                 return None;
             }
             Some(s)
@@ -420,7 +487,12 @@ fn parse_attr(
             let editable = editable(ctx);
             let confidence = f.opt(ctx, "confidence", false, Ctx::boolean);
             let multi_value = f.opt(ctx, "multi_value", false, Ctx::boolean);
-            let history_params = f.opt(ctx, "history_params", HistoryParams::default(), parse_history_params);
+            let history_params = f.opt(
+                ctx,
+                "history_params",
+                HistoryParams::default(),
+                parse_history_params,
+            );
             let force_graph = f.opt(ctx, "history_force_graph", false, Ctx::boolean);
             let (dt, s) = dt?;
             (
@@ -475,10 +547,14 @@ fn parse_data_type(
         if !etypes.contains_key(target) {
             ok = false;
             ctx.push(
-                ConfigError::new(ctx.file.clone(), path, format!("entity type '{target}' is not defined"))
-                    .with_value(render(v))
-                    .with_expected("a link to an entity type defined in db_entities/")
-                    .with_suggestion(suggest(target, etypes.keys().map(String::as_str))),
+                ConfigError::new(
+                    ctx.file.clone(),
+                    path,
+                    format!("entity type '{target}' is not defined"),
+                )
+                .with_value(render(v))
+                .with_expected("a link to an entity type defined in db_entities/")
+                .with_suggestion(suggest(target, etypes.keys().map(String::as_str))),
             );
         }
     }
@@ -492,11 +568,20 @@ fn parse_history_params(ctx: &mut Ctx, v: &Yaml, path: &str) -> Option<HistoryPa
     let f = ctx.fields(
         v,
         path,
-        &["max_age", "max_items", "expire_time", "pre_validity", "post_validity", "aggregate"],
+        &[
+            "max_age",
+            "max_items",
+            "expire_time",
+            "pre_validity",
+            "post_validity",
+            "aggregate",
+        ],
     )?;
     let d = HistoryParams::default();
     let max_age = f.nullable(ctx, "max_age", Ctx::duration);
-    let max_items = f.nullable(ctx, "max_items", |ctx, v, p| ctx.int(v, p, 1, i64::MAX).map(|i| i as u64));
+    let max_items = f.nullable(ctx, "max_items", |ctx, v, p| {
+        ctx.int(v, p, 1, i64::MAX).map(|i| i as u64)
+    });
     let expire_time = f.nullable(ctx, "expire_time", |ctx, v, p| match v.as_str() {
         // DP3: "inf" means no expiry (None).
         Some("inf") => Some(None),
@@ -505,7 +590,12 @@ fn parse_history_params(ctx: &mut Ctx, v: &Yaml, path: &str) -> Option<HistoryPa
     // `null` is rejected here: DP3 loads it and then crashes in snapshots/aggregation.
     let validity = |ctx: &mut Ctx, v: &Yaml, p: &str| {
         if v.is_null() {
-            ctx.invalid(p, v, "must not be null:", "a duration such as 0s or 15m (omit the key for 0s)");
+            ctx.invalid(
+                p,
+                v,
+                "must not be null:",
+                "a duration such as 0s or 15m (omit the key for 0s)",
+            );
             return None;
         }
         ctx.duration(v, p)
@@ -566,7 +656,12 @@ fn parse_timeseries(ctx: &mut Ctx, f: &super::reader::Fields<'_>) -> Option<Attr
         for (sid, spec) in items {
             let sp = join(p, &sid);
             if !ID_RE.is_match(&sid) {
-                ctx.invalid(&sp, &Yaml::String(sid.clone()), "invalid series id", ID_EXPECTED);
+                ctx.invalid(
+                    &sp,
+                    &Yaml::String(sid.clone()),
+                    "invalid series id",
+                    ID_EXPECTED,
+                );
                 ok = false;
                 continue;
             }
@@ -604,8 +699,12 @@ fn parse_timeseries(ctx: &mut Ctx, f: &super::reader::Fields<'_>) -> Option<Attr
     let mut ok = true;
     if ts_type == TimeseriesType::Regular && params.time_step.is_none() {
         ctx.push(
-            ConfigError::new(ctx.file.clone(), join(&params_path, "time_step"), "missing required key for a regular timeseries")
-                .with_expected("the sample spacing, e.g. time_step: 10m"),
+            ConfigError::new(
+                ctx.file.clone(),
+                join(&params_path, "time_step"),
+                "missing required key for a regular timeseries",
+            )
+            .with_expected("the sample spacing, e.g. time_step: 10m"),
         );
         ok = false;
     }
@@ -619,9 +718,16 @@ fn parse_timeseries(ctx: &mut Ctx, f: &super::reader::Fields<'_>) -> Option<Attr
             && *t != Primitive::Time
         {
             ctx.push(
-                ConfigError::new(ctx.file.clone(), join(&series_path, name), format!("series '{name}' is implicit for {} timeseries and has type time", ts_type.name()))
-                    .with_value(t.name())
-                    .with_expected(format!("no series named '{name}' (or data_type: time)")),
+                ConfigError::new(
+                    ctx.file.clone(),
+                    join(&series_path, name),
+                    format!(
+                        "series '{name}' is implicit for {} timeseries and has type time",
+                        ts_type.name()
+                    ),
+                )
+                .with_value(t.name())
+                .with_expected(format!("no series named '{name}' (or data_type: time)")),
             );
             ok = false;
         }
@@ -629,8 +735,12 @@ fn parse_timeseries(ctx: &mut Ctx, f: &super::reader::Fields<'_>) -> Option<Attr
     }
     if series.is_empty() {
         ctx.push(
-            ConfigError::new(ctx.file.clone(), series_path, "a regular timeseries needs at least one series")
-                .with_expected("series: {<id>: {data_type: int | int64 | float | time}}"),
+            ConfigError::new(
+                ctx.file.clone(),
+                series_path,
+                "a regular timeseries needs at least one series",
+            )
+            .with_expected("series: {<id>: {data_type: int | int64 | float | time}}"),
         );
         ok = false;
     }

@@ -23,7 +23,11 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub fn new(file: impl Into<String>, path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        file: impl Into<String>,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         ConfigError {
             file: file.into(),
             path: path.into(),
@@ -138,6 +142,9 @@ mod tests {
         );
         let e = ConfigError::new("database.yml", "", "top level must be a mapping")
             .with_value("[1, 2]");
-        assert_eq!(e.to_string(), "database.yml: top level must be a mapping [1, 2]");
+        assert_eq!(
+            e.to_string(),
+            "database.yml: top level must be a mapping [1, 2]"
+        );
     }
 }

@@ -77,7 +77,11 @@ pub fn load_config_dir(dir: &Path) -> Result<Config, ConfigErrors> {
         _ => {
             if errors.is_empty() {
                 // Defensive: a section failed without saying why.
-                errors.push(ConfigError::new(".", "", "configuration could not be loaded"));
+                errors.push(ConfigError::new(
+                    ".",
+                    "",
+                    "configuration could not be loaded",
+                ));
             }
             Err(ConfigErrors(errors))
         }
@@ -109,3 +113,6 @@ fn absolute_dir(dir: &Path) -> Result<PathBuf, ConfigErrors> {
     }
     Ok(abs)
 }
+
+#[cfg(test)]
+mod tests;

@@ -23,15 +23,26 @@ pub(crate) fn join(path: &str, key: &str) -> String {
     }
 }
 
-/// The closest candidate to `word`, if it is close enough to be a plausible typo.
-pub(crate) fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+/// The closest candidate to `word`, if it is close enough to be a plausible typo (similar
+/// spelling, or one contains the other, e.g. `bucket_size` → `snapshot_bucket_size`). Ties go
+/// to the earlier candidate.
+pub(crate) fn suggest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let lower = word.to_lowercase();
-    candidates
-        .into_iter()
-        .map(|c| (strsim::jaro_winkler(&lower, &c.to_lowercase()), c))
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c.to_owned())
+    let mut best: Option<(f64, &str)> = None;
+    for c in candidates {
+        let cl = c.to_lowercase();
+        let mut score = strsim::jaro_winkler(&lower, &cl);
+        if lower.len() >= 3 && (cl.contains(&lower) || lower.contains(&cl)) {
+            score = score.max(0.85);
+        }
+        if score >= 0.8 && best.is_none_or(|(b, _)| score > b) {
+            best = Some((score, c));
+        }
+    }
+    best.map(|(_, c)| c.to_owned())
 }
 
 /// Compact one-line rendering of a YAML value for messages (long values are shortened).
@@ -50,7 +61,14 @@ fn render_inner(v: &Yaml) -> String {
         Yaml::Number(n) => n.to_string(),
         Yaml::String(s) => serde_json::to_string(s).unwrap_or_else(|_| format!("\"{s}\"")),
         Yaml::Sequence(items) => {
-            format!("[{}]", items.iter().map(render_inner).collect::<Vec<_>>().join(", "))
+            format!(
+                "[{}]",
+                items
+                    .iter()
+                    .map(render_inner)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         }
         Yaml::Mapping(m) => format!(
             "{{{}}}",
@@ -170,20 +188,41 @@ impl Ctx {
     }
 
     pub fn missing(&mut self, path: &str) {
-        self.errors
-            .push(ConfigError::new(self.file.clone(), path, "missing required key"));
+        self.errors.push(ConfigError::new(
+            self.file.clone(),
+            path,
+            "missing required key",
+        ));
     }
 
     /// Check that `v` is a mapping with string keys from `allowed`; report every other key
     /// (with the nearest allowed key suggested).
     pub fn fields<'v>(&mut self, v: &'v Yaml, path: &str, allowed: &[&str]) -> Option<Fields<'v>> {
+        self.fields_hiding(v, path, allowed, &[])
+    }
+
+    /// Like [`Ctx::fields`], but keys in `hidden` are skipped silently (the caller reports
+    /// them with a specific message) and are not offered as suggestions.
+    pub fn fields_hiding<'v>(
+        &mut self,
+        v: &'v Yaml,
+        path: &str,
+        allowed: &[&str],
+        hidden: &[&str],
+    ) -> Option<Fields<'v>> {
         let Yaml::Mapping(map) = v else {
-            self.invalid(path, v, &format!("expected a mapping, got {}", type_name(v)), mapping_expected(allowed));
+            self.invalid(
+                path,
+                v,
+                &format!("expected a mapping, got {}", type_name(v)),
+                mapping_expected(allowed),
+            );
             return None;
         };
         for key in map.keys() {
             match key {
-                Yaml::String(k) if allowed.contains(&k.as_str()) => {}
+                Yaml::String(k)
+                    if allowed.contains(&k.as_str()) || hidden.contains(&k.as_str()) => {}
                 Yaml::String(k) => {
                     let e = ConfigError::new(self.file.clone(), join(path, k), "unknown key")
                         .with_expected(mapping_expected(allowed))
@@ -205,16 +244,31 @@ impl Ctx {
     }
 
     /// A mapping with arbitrary string keys (ids), in YAML order.
-    pub fn id_map<'v>(&mut self, v: &'v Yaml, path: &str, what: &str) -> Option<Vec<(String, &'v Yaml)>> {
+    pub fn id_map<'v>(
+        &mut self,
+        v: &'v Yaml,
+        path: &str,
+        what: &str,
+    ) -> Option<Vec<(String, &'v Yaml)>> {
         let Yaml::Mapping(map) = v else {
-            self.invalid(path, v, &format!("expected a mapping, got {}", type_name(v)), format!("a mapping of {what}"));
+            self.invalid(
+                path,
+                v,
+                &format!("expected a mapping, got {}", type_name(v)),
+                format!("a mapping of {what}"),
+            );
             return None;
         };
         let mut out = Vec::with_capacity(map.len());
         for (k, val) in map {
             match k {
                 Yaml::String(k) => out.push((k.clone(), val)),
-                other => self.invalid(path, other, "keys must be strings, got", format!("{what} as string keys")),
+                other => self.invalid(
+                    path,
+                    other,
+                    "keys must be strings, got",
+                    format!("{what} as string keys"),
+                ),
             }
         }
         Some(out)
@@ -224,7 +278,12 @@ impl Ctx {
         match v {
             Yaml::String(s) => Some(s.clone()),
             other => {
-                self.invalid(path, other, &format!("expected a string, got {}", type_name(other)), "a string (quote numbers: \"123\")");
+                self.invalid(
+                    path,
+                    other,
+                    &format!("expected a string, got {}", type_name(other)),
+                    "a string (quote numbers: \"123\")",
+                );
                 None
             }
         }
@@ -272,7 +331,12 @@ impl Ctx {
                 }
             },
             other => {
-                self.invalid(path, other, &format!("expected an integer, got {}", type_name(other)), range);
+                self.invalid(
+                    path,
+                    other,
+                    &format!("expected an integer, got {}", type_name(other)),
+                    range,
+                );
                 None
             }
         }
@@ -282,7 +346,12 @@ impl Ctx {
         match v {
             Yaml::Number(n) => n.as_f64(),
             other => {
-                self.invalid(path, other, &format!("expected a number, got {}", type_name(other)), "a number");
+                self.invalid(
+                    path,
+                    other,
+                    &format!("expected a number, got {}", type_name(other)),
+                    "a number",
+                );
                 None
             }
         }
@@ -290,7 +359,12 @@ impl Ctx {
 
     pub fn string_list(&mut self, v: &Yaml, path: &str) -> Option<Vec<String>> {
         let Yaml::Sequence(items) = v else {
-            self.invalid(path, v, &format!("expected a list, got {}", type_name(v)), "a list of strings");
+            self.invalid(
+                path,
+                v,
+                &format!("expected a list, got {}", type_name(v)),
+                "a list of strings",
+            );
             return None;
         };
         let mut out = Vec::with_capacity(items.len());
@@ -343,7 +417,12 @@ impl Ctx {
     }
 
     /// A path relative to the configuration directory (or absolute).
-    pub fn path_value(&mut self, v: &Yaml, path: &str, base: &std::path::Path) -> Option<std::path::PathBuf> {
+    pub fn path_value(
+        &mut self,
+        v: &Yaml,
+        path: &str,
+        base: &std::path::Path,
+    ) -> Option<std::path::PathBuf> {
         let s = self.string(v, path)?;
         if s.is_empty() {
             self.invalid(path, v, "empty path", "a file or directory path");
@@ -421,7 +500,8 @@ pub(crate) fn yaml_to_json(
         }
         Yaml::Tagged(t) => {
             errors.push(
-                ConfigError::new(file, path, "YAML tags are not supported:").with_value(t.tag.to_string()),
+                ConfigError::new(file, path, "YAML tags are not supported:")
+                    .with_value(t.tag.to_string()),
             );
             return None;
         }

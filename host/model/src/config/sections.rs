@@ -55,8 +55,13 @@ impl Default for MongoHost {
 /// DP3's `connection` block, discriminated by `mode`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MongoConnection {
-    Standalone { host: MongoHost },
-    Replica { replica_set: String, hosts: Vec<MongoHost> },
+    Standalone {
+        host: MongoHost,
+    },
+    Replica {
+        replica_set: String,
+        hosts: Vec<MongoHost>,
+    },
 }
 
 /// `storage` in database.yml.
@@ -112,17 +117,23 @@ fn parse_database(ctx: &mut Ctx, v: &Yaml, base: &Path) -> Option<DatabaseConfig
     let f = ctx.fields(
         v,
         "",
-        &["backend", "db_name", "username", "password", "connection", "storage", "sqlite"],
+        &[
+            "backend",
+            "db_name",
+            "username",
+            "password",
+            "connection",
+            "storage",
+            "sqlite",
+        ],
     )?;
     let d = DatabaseConfig::default();
-    let backend = f.opt(ctx, "backend", d.backend, |ctx, v, p| {
-        match v.as_str() {
-            Some("sqlite") => Some(DatabaseBackend::Sqlite),
-            Some("mongodb") => Some(DatabaseBackend::Mongodb),
-            _ => {
-                ctx.invalid(p, v, "unknown backend", "\"sqlite\" or \"mongodb\"");
-                None
-            }
+    let backend = f.opt(ctx, "backend", d.backend, |ctx, v, p| match v.as_str() {
+        Some("sqlite") => Some(DatabaseBackend::Sqlite),
+        Some("mongodb") => Some(DatabaseBackend::Mongodb),
+        _ => {
+            ctx.invalid(p, v, "unknown backend", "\"sqlite\" or \"mongodb\"");
+            None
         }
     });
     let db_name = f.opt(ctx, "db_name", d.db_name, Ctx::string);
@@ -131,8 +142,9 @@ fn parse_database(ctx: &mut Ctx, v: &Yaml, base: &Path) -> Option<DatabaseConfig
     let connection = f.nullable(ctx, "connection", parse_connection);
     if backend == Some(DatabaseBackend::Mongodb) && f.get("connection").is_none() {
         ctx.push(
-            ConfigError::new(ctx.file.clone(), "connection", "missing required key")
-                .with_expected("a connection block (mode: standalone | replica) for backend mongodb"),
+            ConfigError::new(ctx.file.clone(), "connection", "missing required key").with_expected(
+                "a connection block (mode: standalone | replica) for backend mongodb",
+            ),
         );
     }
     let storage = f.opt(ctx, "storage", StorageConfig::default(), |ctx, v, p| {
@@ -165,7 +177,9 @@ fn parse_host(ctx: &mut Ctx, v: &Yaml, path: &str) -> Option<MongoHost> {
     let f = ctx.fields(v, path, &["address", "port"])?;
     let d = MongoHost::default();
     let address = f.opt(ctx, "address", d.address, Ctx::string);
-    let port = f.opt(ctx, "port", d.port, |ctx, v, p| ctx.int(v, p, 1, 65535).map(|i| i as u16));
+    let port = f.opt(ctx, "port", d.port, |ctx, v, p| {
+        ctx.int(v, p, 1, 65535).map(|i| i as u16)
+    });
     Some(MongoHost {
         address: address?,
         port: port?,
@@ -178,7 +192,9 @@ fn parse_connection(ctx: &mut Ctx, v: &Yaml, path: &str) -> Option<MongoConnecti
             Some("standalone") => Some("standalone"),
             Some("replica") => Some("replica"),
             _ => {
-                let s = m.as_str().and_then(|s| suggest(s, ["standalone", "replica"]));
+                let s = m
+                    .as_str()
+                    .and_then(|s| suggest(s, ["standalone", "replica"]));
                 ctx.push(
                     ConfigError::new(ctx.file.clone(), format!("{path}.mode"), "unknown mode")
                         .with_value(super::reader::render(m))
@@ -287,25 +303,39 @@ fn parse_processing_core(ctx: &mut Ctx, v: &Yaml, base: &Path) -> Option<Process
             "enabled_modules",
         ],
     )?;
-    let msg_broker = f.opt(ctx, "msg_broker", MsgBrokerConfig::default(), |ctx, v, p| {
-        let f = ctx.fields(
-            v,
-            p,
-            &["host", "port", "virtual_host", "username", "password", "management_port"],
-        )?;
-        let d = MsgBrokerConfig::default();
-        let port = |ctx: &mut Ctx, v: &Yaml, p: &str| ctx.int(v, p, 1, 65535).map(|i| i as u16);
-        Some(MsgBrokerConfig {
-            host: f.opt(ctx, "host", d.host, Ctx::string)?,
-            port: f.opt(ctx, "port", d.port, port)?,
-            virtual_host: f.opt(ctx, "virtual_host", d.virtual_host, Ctx::string)?,
-            username: f.opt(ctx, "username", d.username, Ctx::string)?,
-            password: f.opt(ctx, "password", d.password, Ctx::string)?,
-            management_port: f.opt(ctx, "management_port", d.management_port, port)?,
-        })
-    });
+    let msg_broker = f.opt(
+        ctx,
+        "msg_broker",
+        MsgBrokerConfig::default(),
+        |ctx, v, p| {
+            let f = ctx.fields(
+                v,
+                p,
+                &[
+                    "host",
+                    "port",
+                    "virtual_host",
+                    "username",
+                    "password",
+                    "management_port",
+                ],
+            )?;
+            let d = MsgBrokerConfig::default();
+            let port = |ctx: &mut Ctx, v: &Yaml, p: &str| ctx.int(v, p, 1, 65535).map(|i| i as u16);
+            Some(MsgBrokerConfig {
+                host: f.opt(ctx, "host", d.host, Ctx::string)?,
+                port: f.opt(ctx, "port", d.port, port)?,
+                virtual_host: f.opt(ctx, "virtual_host", d.virtual_host, Ctx::string)?,
+                username: f.opt(ctx, "username", d.username, Ctx::string)?,
+                password: f.opt(ctx, "password", d.password, Ctx::string)?,
+                management_port: f.opt(ctx, "management_port", d.management_port, port)?,
+            })
+        },
+    );
     let u32_at_least = |min: i64| {
-        move |ctx: &mut Ctx, v: &Yaml, p: &str| ctx.int(v, p, min, i64::from(u32::MAX)).map(|i| i as u32)
+        move |ctx: &mut Ctx, v: &Yaml, p: &str| {
+            ctx.int(v, p, min, i64::from(u32::MAX)).map(|i| i as u32)
+        }
     };
     let worker_processes = f.req(ctx, "worker_processes", u32_at_least(1));
     let worker_threads = f.opt(ctx, "worker_threads", 8, u32_at_least(1));
@@ -313,7 +343,12 @@ fn parse_processing_core(ctx: &mut Ctx, v: &Yaml, base: &Path) -> Option<Process
     let modules_dir = f.req(ctx, "modules_dir", |ctx, v, p| {
         let dir = ctx.path_value(v, p, base)?;
         if !dir.is_dir() {
-            ctx.invalid(p, v, "directory does not exist:", format!("an existing directory (resolved to {})", dir.display()));
+            ctx.invalid(
+                p,
+                v,
+                "directory does not exist:",
+                format!("an existing directory (resolved to {})", dir.display()),
+            );
             return None;
         }
         Some(dir)
@@ -323,7 +358,12 @@ fn parse_processing_core(ctx: &mut Ctx, v: &Yaml, base: &Path) -> Option<Process
         let mut ok = true;
         for (i, name) in list.iter().enumerate() {
             if list[..i].contains(name) {
-                ctx.invalid(&format!("{p}[{i}]"), &Yaml::String(name.clone()), "module listed twice:", "each module once");
+                ctx.invalid(
+                    &format!("{p}[{i}]"),
+                    &Yaml::String(name.clone()),
+                    "module listed twice:",
+                    "each module once",
+                );
                 ok = false;
             }
         }
@@ -490,10 +530,19 @@ fn parse_snapshots(ctx: &mut Ctx, v: &Yaml) -> Option<SnapshotsConfig> {
 /// snapshot buckets (data-model.md §1.3.5). DP3 checks this when the DB starts; we at load.
 fn check_creation_rate(ctx: &mut Ctx, v: &Yaml, path: &str) -> bool {
     let Yaml::Mapping(m) = v else { return false };
-    let expected = "exactly one of second, minute, hour or day with a string value, e.g. {minute: \"*/5\"}";
-    let keys: Vec<&Yaml> = m.keys().filter(|k| k.as_str() != Some("timezone")).collect();
+    let expected =
+        "exactly one of second, minute, hour or day with a string value, e.g. {minute: \"*/5\"}";
+    let keys: Vec<&Yaml> = m
+        .keys()
+        .filter(|k| k.as_str() != Some("timezone"))
+        .collect();
     if keys.len() != 1 {
-        ctx.invalid(path, v, "only one snapshot creation rate field is supported:", expected);
+        ctx.invalid(
+            path,
+            v,
+            "only one snapshot creation rate field is supported:",
+            expected,
+        );
         return false;
     }
     let key = keys[0].as_str().unwrap_or_default();
@@ -502,9 +551,15 @@ fn check_creation_rate(ctx: &mut Ctx, v: &Yaml, path: &str) -> bool {
         return false;
     }
     match m.get(key) {
-        Some(Yaml::String(s)) if s.trim().parse::<u32>().is_err() => true,
+        // DP3 reads the raw YAML: any string works (`hour: "3"` = once a day).
+        Some(Yaml::String(_)) => true,
         Some(val) => {
-            ctx.invalid(&format!("{path}.{key}"), val, "the snapshot creation rate must be a cron string:", "a quoted cron string such as \"*/5\" or \"0,30\" (not a single number)");
+            ctx.invalid(
+                &format!("{path}.{key}"),
+                val,
+                "the snapshot creation rate must be a cron string:",
+                "a quoted cron string such as \"*/5\" or \"0,30\" (not a single number)",
+            );
             false
         }
         None => false,
@@ -523,7 +578,11 @@ pub struct GarbageCollectorConfig {
 impl Default for GarbageCollectorConfig {
     fn default() -> Self {
         GarbageCollectorConfig {
-            collection_rate: CronExpression::with_fields(&[("hour", "3"), ("minute", "0"), ("second", "0")]),
+            collection_rate: CronExpression::with_fields(&[
+                ("hour", "3"),
+                ("minute", "0"),
+                ("second", "0"),
+            ]),
         }
     }
 }
@@ -537,7 +596,10 @@ pub struct TelemetryConfig {
 impl Default for TelemetryConfig {
     fn default() -> Self {
         TelemetryConfig {
-            attribute_bson_size_schedule: CronExpression::with_fields(&[("hour", "3"), ("minute", "15")]),
+            attribute_bson_size_schedule: CronExpression::with_fields(&[
+                ("hour", "3"),
+                ("minute", "15"),
+            ]),
         }
     }
 }
@@ -660,8 +722,12 @@ fn parse_event_logging(ctx: &mut Ctx, v: &Yaml) -> Option<EventLoggingConfig> {
         let f = ctx.fields(v, p, &["host", "port", "db"])?;
         Some(RedisConfig {
             host: f.opt(ctx, "host", "localhost".into(), Ctx::string)?,
-            port: f.opt(ctx, "port", 6379, |ctx, v, p| ctx.int(v, p, 1, 65535).map(|i| i as u16))?,
-            db: f.opt(ctx, "db", 0, |ctx, v, p| ctx.int(v, p, 0, i64::from(u32::MAX)).map(|i| i as u32))?,
+            port: f.opt(ctx, "port", 6379, |ctx, v, p| {
+                ctx.int(v, p, 1, 65535).map(|i| i as u16)
+            })?,
+            db: f.opt(ctx, "db", 0, |ctx, v, p| {
+                ctx.int(v, p, 0, i64::from(u32::MAX)).map(|i| i as u32)
+            })?,
         })
     });
     let groups = f.opt(ctx, "groups", IndexMap::new(), |ctx, v, p| {
@@ -692,13 +758,24 @@ fn parse_event_group(ctx: &mut Ctx, v: &Yaml, p: &str) -> Option<EventGroupConfi
     let f = ctx.fields(
         v,
         p,
-        &["events", "auto_declare_events", "intervals", "sync_interval", "sync_limit"],
+        &[
+            "events",
+            "auto_declare_events",
+            "intervals",
+            "sync_interval",
+            "sync_limit",
+        ],
     )?;
     let events = f.opt(ctx, "events", Vec::new(), Ctx::string_list);
     let auto = f.opt(ctx, "auto_declare_events", false, Ctx::boolean);
     let intervals = f.opt(ctx, "intervals", Vec::new(), |ctx, v, p| {
         let Yaml::Sequence(items) = v else {
-            ctx.invalid(p, v, "expected a list, got", "a list of durations such as [\"5m\", \"2h\"]");
+            ctx.invalid(
+                p,
+                v,
+                "expected a list, got",
+                "a list of durations such as [\"5m\", \"2h\"]",
+            );
             return None;
         };
         let parsed: Vec<Option<TimeDelta>> = items
@@ -757,11 +834,16 @@ fn parse_api(ctx: &mut Ctx, v: &Yaml, base: &Path) -> Option<ApiConfig> {
     let f = ctx.fields(v, "", &["listen", "cors", "datapoint_logger"])?;
     let listen = f.nullable(ctx, "listen", |ctx, v, p| {
         let s = ctx.string(v, p)?;
-        let valid = s
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        let valid = s.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
         if !valid {
-            ctx.invalid(p, v, "invalid listen address", "host:port, e.g. \"127.0.0.1:5000\" or \"[::1]:5000\"");
+            ctx.invalid(
+                p,
+                v,
+                "invalid listen address",
+                "host:port, e.g. \"127.0.0.1:5000\" or \"[::1]:5000\"",
+            );
             return None;
         }
         Some(s)
@@ -772,23 +854,28 @@ fn parse_api(ctx: &mut Ctx, v: &Yaml, base: &Path) -> Option<ApiConfig> {
             allow_origins: f.opt(ctx, "allow_origins", vec!["*".into()], Ctx::string_list)?,
         })
     });
-    let logger = f.opt(ctx, "datapoint_logger", DatapointLoggerConfig::default(), |ctx, v, p| {
-        let f = ctx.fields(v, p, &["good_log", "bad_log"])?;
-        let log = |ctx: &mut Ctx, v: &Yaml, p: &str| -> Option<Option<PathBuf>> {
-            match v {
-                Yaml::Bool(false) | Yaml::Null => Some(None),
-                Yaml::String(_) => ctx.path_value(v, p, base).map(Some),
-                other => {
-                    ctx.invalid(p, other, "invalid log file", "a file path or false");
-                    None
+    let logger = f.opt(
+        ctx,
+        "datapoint_logger",
+        DatapointLoggerConfig::default(),
+        |ctx, v, p| {
+            let f = ctx.fields(v, p, &["good_log", "bad_log"])?;
+            let log = |ctx: &mut Ctx, v: &Yaml, p: &str| -> Option<Option<PathBuf>> {
+                match v {
+                    Yaml::Bool(false) | Yaml::Null => Some(None),
+                    Yaml::String(_) => ctx.path_value(v, p, base).map(Some),
+                    other => {
+                        ctx.invalid(p, other, "invalid log file", "a file path or false");
+                        None
+                    }
                 }
-            }
-        };
-        Some(DatapointLoggerConfig {
-            good_log: f.opt(ctx, "good_log", None, log)?,
-            bad_log: f.opt(ctx, "bad_log", None, log)?,
-        })
-    });
+            };
+            Some(DatapointLoggerConfig {
+                good_log: f.opt(ctx, "good_log", None, log)?,
+                bad_log: f.opt(ctx, "bad_log", None, log)?,
+            })
+        },
+    );
     Some(ApiConfig {
         listen: listen?,
         cors: cors?,
@@ -838,10 +925,15 @@ pub(crate) fn build(
                 let hint = suggest(name, KNOWN_FILES)
                     .map(|s| format!(" (did you mean \"{s}.yml\"?)"))
                     .unwrap_or_default();
-                warnings.push(format!("{rel}: not a DP3 configuration file, ignored{hint}"));
+                warnings.push(format!(
+                    "{rel}: not a DP3 configuration file, ignored{hint}"
+                ));
             }
             Entry::Dir(d) if !known_dir => {
-                warnings.push(format!("{}: not a DP3 configuration directory, ignored", d.rel));
+                warnings.push(format!(
+                    "{}: not a DP3 configuration directory, ignored",
+                    d.rel
+                ));
             }
             _ => {}
         }
@@ -853,7 +945,11 @@ pub(crate) fn build(
     };
     let required_missing = |name: &str, errors: &mut Vec<ConfigError>| {
         if !tree.entries.contains_key(name) {
-            errors.push(ConfigError::new(format!("{name}.yml"), "", "missing required file (or it is empty)"));
+            errors.push(ConfigError::new(
+                format!("{name}.yml"),
+                "",
+                "missing required file (or it is empty)",
+            ));
         }
     };
 
@@ -876,21 +972,44 @@ pub(crate) fn build(
         required_missing(name, errors);
     }
 
-    let database = section!("database", Some(DatabaseConfig::default()), |ctx, v| parse_database(&mut ctx, v, base));
-    let processing_core = section!("processing_core", None, |ctx, v| parse_processing_core(&mut ctx, v, base));
-    let history_manager = section!("history_manager", None, |ctx, v| parse_history_manager(&mut ctx, v, base, warnings));
-    let snapshots = section!("snapshots", Some(SnapshotsConfig::default()), |ctx, v| parse_snapshots(&mut ctx, v));
-    let control = section!("control", None, |ctx, v| parse_control(&mut ctx, v));
-    let event_logging = section!("event_logging", Some(EventLoggingConfig::default()), |ctx, v| parse_event_logging(&mut ctx, v));
-    let api = section!("api", Some(ApiConfig::default()), |ctx, v| parse_api(&mut ctx, v, base));
-    let garbage_collector = section!("garbage_collector", Some(GarbageCollectorConfig::default()), |ctx, v| {
-        let f = ctx.fields(v, "", &["collection_rate"]);
-        f.and_then(|f| {
-            Some(GarbageCollectorConfig {
-                collection_rate: f.opt(&mut ctx, "collection_rate", GarbageCollectorConfig::default().collection_rate, Ctx::cron)?,
-            })
-        })
+    let database = section!("database", Some(DatabaseConfig::default()), |ctx, v| {
+        parse_database(&mut ctx, v, base)
     });
+    let processing_core = section!("processing_core", None, |ctx, v| parse_processing_core(
+        &mut ctx, v, base
+    ));
+    let history_manager = section!("history_manager", None, |ctx, v| parse_history_manager(
+        &mut ctx, v, base, warnings
+    ));
+    let snapshots = section!("snapshots", Some(SnapshotsConfig::default()), |ctx, v| {
+        parse_snapshots(&mut ctx, v)
+    });
+    let control = section!("control", None, |ctx, v| parse_control(&mut ctx, v));
+    let event_logging = section!(
+        "event_logging",
+        Some(EventLoggingConfig::default()),
+        |ctx, v| parse_event_logging(&mut ctx, v)
+    );
+    let api = section!("api", Some(ApiConfig::default()), |ctx, v| parse_api(
+        &mut ctx, v, base
+    ));
+    let garbage_collector = section!(
+        "garbage_collector",
+        Some(GarbageCollectorConfig::default()),
+        |ctx, v| {
+            let f = ctx.fields(v, "", &["collection_rate"]);
+            f.and_then(|f| {
+                Some(GarbageCollectorConfig {
+                    collection_rate: f.opt(
+                        &mut ctx,
+                        "collection_rate",
+                        GarbageCollectorConfig::default().collection_rate,
+                        Ctx::cron,
+                    )?,
+                })
+            })
+        }
+    );
     let telemetry = section!("telemetry", Some(TelemetryConfig::default()), |ctx, v| {
         let f = ctx.fields(v, "", &["attribute_bson_size_schedule"]);
         f.and_then(|f| {
@@ -910,7 +1029,11 @@ pub(crate) fn build(
         Some(Entry::Dir(d)) => build_model(d, errors),
         Some(Entry::File { .. }) => None,
         None => {
-            errors.push(ConfigError::new("db_entities/", "", "missing required directory (it may be empty)"));
+            errors.push(ConfigError::new(
+                "db_entities/",
+                "",
+                "missing required directory (it may be empty)",
+            ));
             None
         }
     };
@@ -920,7 +1043,9 @@ pub(crate) fn build(
             let mut out = IndexMap::new();
             for (name, entry) in &d.entries {
                 let v = match entry {
-                    Entry::File { rel, value } => super::reader::yaml_to_json(value, rel, "", errors),
+                    Entry::File { rel, value } => {
+                        super::reader::yaml_to_json(value, rel, "", errors)
+                    }
                     Entry::Dir(sub) => Some(tree_to_json(sub, errors)),
                 };
                 if let Some(v) = v {
@@ -934,7 +1059,10 @@ pub(crate) fn build(
 
     let snapshots = snapshots?;
     let database = database?;
-    if let (Some(d), true) = (&database.connection, database.backend == DatabaseBackend::Sqlite) {
+    if let (Some(d), true) = (
+        &database.connection,
+        database.backend == DatabaseBackend::Sqlite,
+    ) {
         // Harmless (DP3 configs always have it), but say that it is not used.
         let _ = d;
         warnings.push("database.yml: connection is ignored with backend sqlite".into());
@@ -961,7 +1089,12 @@ fn parse_updater(ctx: &mut Ctx, v: &Yaml) -> Option<UpdaterConfig> {
     let f: Fields<'_> = ctx.fields(
         v,
         "",
-        &["update_batch_cron", "update_batch_period", "cache_management_cron", "cache_max_entries"],
+        &[
+            "update_batch_cron",
+            "update_batch_period",
+            "cache_management_cron",
+            "cache_max_entries",
+        ],
     )?;
     let update_batch_cron = f.req(ctx, "update_batch_cron", Ctx::cron);
     let update_batch_period = f.req(ctx, "update_batch_period", Ctx::positive_duration);

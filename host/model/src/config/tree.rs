@@ -47,11 +47,19 @@ fn read_dir(
         rel: rel.clone(),
         entries: IndexMap::new(),
     };
-    let shown = if rel.is_empty() { ".".to_owned() } else { rel.clone() };
+    let shown = if rel.is_empty() {
+        ".".to_owned()
+    } else {
+        rel.clone()
+    };
     let listing = match fs::read_dir(dir) {
         Ok(l) => l,
         Err(e) => {
-            errors.push(ConfigError::new(shown, "", format!("cannot list directory: {e}")));
+            errors.push(ConfigError::new(
+                shown,
+                "",
+                format!("cannot list directory: {e}"),
+            ));
             return tree;
         }
     };
@@ -59,7 +67,11 @@ fn read_dir(
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
-                errors.push(ConfigError::new(shown.clone(), "", format!("cannot list directory: {e}")));
+                errors.push(ConfigError::new(
+                    shown.clone(),
+                    "",
+                    format!("cannot list directory: {e}"),
+                ));
                 continue;
             }
         };
@@ -76,7 +88,16 @@ fn read_dir(
             if let Some(stem) = name.strip_suffix(".yml") {
                 let file_rel = format!("{rel}{name}");
                 if let Some(value) = read_yaml_file(&path, &file_rel, errors) {
-                    insert(&mut tree, stem.to_owned(), Entry::File { rel: file_rel, value }, &rel, errors);
+                    insert(
+                        &mut tree,
+                        stem.to_owned(),
+                        Entry::File {
+                            rel: file_rel,
+                            value,
+                        },
+                        &rel,
+                        errors,
+                    );
                 }
             } else if name.ends_with(".yaml") {
                 warnings.push(format!(
@@ -122,8 +143,12 @@ fn read_yaml_file(path: &Path, rel: &str, errors: &mut Vec<ConfigError>) -> Opti
         Yaml::Mapping(_) => Some(value),
         other => {
             errors.push(
-                ConfigError::new(rel, "", "the top level of a configuration file must be a mapping, got")
-                    .with_value(render(&other)),
+                ConfigError::new(
+                    rel,
+                    "",
+                    "the top level of a configuration file must be a mapping, got",
+                )
+                .with_value(render(&other)),
             );
             None
         }
@@ -161,13 +186,17 @@ fn read_dir_names_only(
 }
 
 /// `modules/<module>.yml` (or `modules/<module>/`) as JSON; `{}` when absent or empty.
-pub(crate) fn read_module_config(root: &Path, module: &str) -> Result<serde_json::Value, ConfigErrors> {
+pub(crate) fn read_module_config(
+    root: &Path,
+    module: &str,
+) -> Result<serde_json::Value, ConfigErrors> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let empty = || serde_json::Value::Object(serde_json::Map::new());
     if module.is_empty() || module.contains(['/', '\\']) || module == "." || module == ".." {
         return Err(ConfigErrors::single(
-            ConfigError::new("modules/", "", "invalid module name").with_value(format!("\"{module}\"")),
+            ConfigError::new("modules/", "", "invalid module name")
+                .with_value(format!("\"{module}\"")),
         ));
     }
     let modules = root.join("modules");
@@ -180,7 +209,12 @@ pub(crate) fn read_module_config(root: &Path, module: &str) -> Result<serde_json
             None => Some(empty()),
         }
     } else if sub.is_dir() {
-        let tree = read_dir(&sub, format!("modules/{module}/"), &mut errors, &mut warnings);
+        let tree = read_dir(
+            &sub,
+            format!("modules/{module}/"),
+            &mut errors,
+            &mut warnings,
+        );
         Some(tree_to_json(&tree, &mut errors))
     } else {
         Some(empty())

@@ -10,7 +10,12 @@
 //! store through `spawn_blocking`. The MongoDB backend drives the async driver on its own
 //! runtime.
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod error;
+pub mod filter;
+pub mod keys;
+pub mod sqlite;
 pub mod types;
 
 pub use error::{Result, StoreError};
@@ -67,12 +72,8 @@ pub trait Store: Send + Sync {
 
     /// Delete history items with `t2 < older_than` of one attribute in every record of the
     /// type (`max_age` cleanup driven by `#min_t2s`); returns the number of records changed.
-    fn delete_old_history(
-        &self,
-        etype: &str,
-        attr: &str,
-        older_than: DateTime<Utc>,
-    ) -> Result<u64>;
+    fn delete_old_history(&self, etype: &str, attr: &str, older_than: DateTime<Utc>)
+    -> Result<u64>;
 
     /// Remove expired TTL tokens (`expiry < now`) from records that still have a live one;
     /// returns the eids whose tokens are *all* expired (candidates for deletion).
@@ -137,8 +138,12 @@ pub trait Store: Send + Sync {
     fn latest_snapshot(&self, etype: &str, eid: &Eid) -> Result<Option<Document>>;
 
     /// Snapshot history of one entity, ascending by `_time_created`, inclusive time range.
-    fn snapshot_history(&self, etype: &str, eid: &Eid, query: &HistoryQuery)
-    -> Result<Vec<Document>>;
+    fn snapshot_history(
+        &self,
+        etype: &str,
+        eid: &Eid,
+        query: &HistoryQuery,
+    ) -> Result<Vec<Document>>;
 
     /// Distinct values of an attribute over latest snapshots with their counts (arrays
     /// unwound, links grouped by `eid`, nulls dropped), sorted by value.

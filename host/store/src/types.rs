@@ -42,7 +42,10 @@ impl EntityWrite {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.create.is_none() && self.plain.is_empty() && self.history.is_empty() && self.ttl.is_empty()
+        self.create.is_none()
+            && self.plain.is_empty()
+            && self.history.is_empty()
+            && self.ttl.is_empty()
     }
 }
 

@@ -1,0 +1,500 @@
+//! Master records: the entity row, assembly of DP3's document shape from the plain and
+//! history rows, scans, and the history/TTL maintenance operations.
+
+use std::collections::{BTreeMap, HashSet};
+
+use bson::{Bson, Document};
+use chrono::{DateTime, Utc};
+use dp3_model::{Eid, HistoryItem, value};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::codec::{
+    SqlResultExt, bson_time, decode_doc, decode_value, encode_doc, encode_value, ms,
+};
+use super::names::Names;
+use crate::error::{Result, StoreError};
+use crate::keys::{eid_from_key, eid_key};
+use crate::types::MasterScan;
+
+/// The `entity` row: metadata of one master record.
+#[derive(Debug, Clone, Default)]
+pub struct EntityRow {
+    pub hash: Option<i64>,
+    pub time_created: Option<i64>,
+    pub revision: i64,
+    pub ttl: Option<Document>,
+    /// `#min_t2s`: attr → datetime.
+    pub min_t2s: Document,
+}
+
+pub fn load_entity(conn: &Connection, et: i64, key: &[u8]) -> Result<Option<EntityRow>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT hash, time_created, revision, ttl, min_t2s FROM entity \
+             WHERE etype = ?1 AND ekey = ?2",
+        )
+        .db()?
+        .query_row(params![et, key], |r| {
+            Ok((
+                r.get::<_, Option<i64>>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<Vec<u8>>>(3)?,
+                r.get::<_, Option<Vec<u8>>>(4)?,
+            ))
+        })
+        .optional()
+        .db()?;
+    let Some((hash, time_created, revision, ttl, min_t2s)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(EntityRow {
+        hash,
+        time_created,
+        revision,
+        ttl: ttl.map(|b| decode_doc(&b, "#ttl")).transpose()?,
+        min_t2s: match min_t2s {
+            Some(b) => decode_doc(&b, "#min_t2s")?,
+            None => Document::new(),
+        },
+    }))
+}
+
+pub fn store_entity(conn: &Connection, et: i64, key: &[u8], row: &EntityRow) -> Result<()> {
+    let ttl = row.ttl.as_ref().map(encode_doc).transpose()?;
+    let min_t2s = if row.min_t2s.is_empty() {
+        None
+    } else {
+        Some(encode_doc(&row.min_t2s)?)
+    };
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO entity(etype, ekey, hash, time_created, revision, ttl, min_t2s) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .db()?
+    .execute(params![
+        et,
+        key,
+        row.hash,
+        row.time_created,
+        row.revision,
+        ttl,
+        min_t2s
+    ])
+    .db()?;
+    Ok(())
+}
+
+/// Minimum `t2` of the remaining history of one attribute (`None` when empty).
+pub fn min_t2(conn: &Connection, et: i64, key: &[u8], attr: i64) -> Result<Option<i64>> {
+    conn.prepare_cached("SELECT min(t2) FROM history WHERE etype = ?1 AND ekey = ?2 AND attr = ?3")
+        .db()?
+        .query_row(params![et, key, attr], |r| r.get(0))
+        .db()
+}
+
+/// Set or remove `#min_t2s.<attr>` after the attribute's history changed.
+pub fn refresh_min_t2(
+    conn: &Connection,
+    row: &mut EntityRow,
+    et: i64,
+    key: &[u8],
+    attr_id: i64,
+    attr: &str,
+) -> Result<()> {
+    match min_t2(conn, et, key, attr_id)? {
+        Some(t) => {
+            row.min_t2s.insert(attr, bson_time(t));
+        }
+        None => {
+            row.min_t2s.remove(attr);
+        }
+    }
+    Ok(())
+}
+
+pub fn insert_history(
+    conn: &Connection,
+    et: i64,
+    key: &[u8],
+    attr: i64,
+    seq: i64,
+    item: &HistoryItem,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO history(etype, ekey, attr, seq, t1, t2, c, v) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .db()?
+    .execute(params![
+        et,
+        key,
+        attr,
+        seq,
+        ms(item.t1),
+        ms(item.t2),
+        item.c,
+        encode_value(&item.v)?
+    ])
+    .db()?;
+    Ok(())
+}
+
+/// Read the global history sequence counter (arrival order across processes).
+pub fn load_seq(conn: &Connection) -> Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM counter WHERE name = 'history_seq'")
+        .db()?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .optional()
+        .db()?
+        .unwrap_or(0))
+}
+
+pub fn store_seq(conn: &Connection, seq: i64) -> Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO counter(name, value) VALUES ('history_seq', ?1)")
+        .db()?
+        .execute([seq])
+        .db()?;
+    Ok(())
+}
+
+pub fn exists(conn: &Connection, names: &Names, etype: &str, eid: &Eid) -> Result<bool> {
+    let Some(et) = names.id(conn, etype)? else {
+        return Ok(false);
+    };
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM entity WHERE etype = ?1 AND ekey = ?2")
+        .db()?
+        .query_row(params![et, eid_key(eid)], |_| Ok(()))
+        .optional()
+        .db()?
+        .is_some())
+}
+
+/// Assemble DP3's master-record document of one entity.
+fn assemble(
+    conn: &Connection,
+    names: &Names,
+    et: i64,
+    key: &[u8],
+    eid: &Eid,
+    row: &EntityRow,
+    projection: Option<&HashSet<i64>>,
+) -> Result<Document> {
+    let mut d = Document::new();
+    d.insert("_id", eid.to_bson());
+    if let Some(h) = row.hash {
+        d.insert("#hash", value::int(h));
+    }
+    if let Some(t) = row.time_created {
+        d.insert("#time_created", bson_time(t));
+    }
+    d.insert("#revision", value::int(row.revision));
+    if !row.min_t2s.is_empty() {
+        d.insert("#min_t2s", row.min_t2s.clone());
+    }
+    if let Some(ttl) = &row.ttl {
+        d.insert("#ttl", ttl.clone());
+    }
+    let wanted = |attr: i64| projection.is_none_or(|p| p.contains(&attr));
+    let mut attrs: BTreeMap<String, Bson> = BTreeMap::new();
+    {
+        let mut stmt = conn
+            .prepare_cached("SELECT attr, v, ts FROM plain WHERE etype = ?1 AND ekey = ?2")
+            .db()?;
+        let mut rows = stmt.query(params![et, key]).db()?;
+        while let Some(r) = rows.next().db()? {
+            let attr: i64 = r.get(0).db()?;
+            if !wanted(attr) {
+                continue;
+            }
+            let v = decode_value(&r.get::<_, Vec<u8>>(1).db()?, "plain value")?;
+            let ts: i64 = r.get(2).db()?;
+            let mut pd = Document::new();
+            pd.insert("v", v);
+            pd.insert("ts_last_update", bson_time(ts));
+            attrs.insert(names.name(conn, attr)?, Bson::Document(pd));
+        }
+    }
+    {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT attr, t1, t2, c, v FROM history WHERE etype = ?1 AND ekey = ?2 \
+                 ORDER BY attr, seq",
+            )
+            .db()?;
+        let mut rows = stmt.query(params![et, key]).db()?;
+        let mut current: Option<(i64, Vec<Bson>)> = None;
+        let flush = |cur: Option<(i64, Vec<Bson>)>, attrs: &mut BTreeMap<String, Bson>| {
+            if let Some((attr, items)) = cur {
+                attrs.insert(names.name(conn, attr)?, Bson::Array(items));
+            }
+            Ok::<_, StoreError>(())
+        };
+        while let Some(r) = rows.next().db()? {
+            let attr: i64 = r.get(0).db()?;
+            if !wanted(attr) {
+                continue;
+            }
+            if current.as_ref().is_none_or(|(a, _)| *a != attr) {
+                flush(current.take(), &mut attrs)?;
+                current = Some((attr, Vec::new()));
+            }
+            let mut item = Document::new();
+            item.insert("t1", bson_time(r.get(1).db()?));
+            item.insert("t2", bson_time(r.get(2).db()?));
+            item.insert(
+                "v",
+                decode_value(&r.get::<_, Vec<u8>>(4).db()?, "history value")?,
+            );
+            if let Some(c) = r.get::<_, Option<f64>>(3).db()? {
+                item.insert("c", c);
+            }
+            if let Some((_, items)) = current.as_mut() {
+                items.push(Bson::Document(item));
+            }
+        }
+        flush(current.take(), &mut attrs)?;
+    }
+    d.extend(attrs);
+    Ok(d)
+}
+
+pub fn get_master(
+    conn: &Connection,
+    names: &Names,
+    etype: &str,
+    eid: &Eid,
+    projection: Option<&HashSet<i64>>,
+) -> Result<Option<Document>> {
+    let Some(et) = names.id(conn, etype)? else {
+        return Ok(None);
+    };
+    let key = eid_key(eid);
+    let Some(row) = load_entity(conn, et, &key)? else {
+        return Ok(None);
+    };
+    assemble(conn, names, et, &key, eid, &row, projection).map(Some)
+}
+
+fn check_partition(partition: Option<(u32, u32)>) -> Result<()> {
+    match partition {
+        Some((_, 0)) => Err(StoreError::InvalidQuery(
+            "hash partition count must be positive".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub fn scan_master(
+    conn: &Connection,
+    names: &Names,
+    etype: &str,
+    scan: &MasterScan,
+) -> Result<Vec<Document>> {
+    check_partition(scan.partition)?;
+    let Some(et) = names.id(conn, etype)? else {
+        return Ok(Vec::new());
+    };
+    let projection = match &scan.projection {
+        None => None,
+        Some(attrs) => {
+            let mut ids = HashSet::new();
+            for a in attrs {
+                if let Some(id) = names.id(conn, a)? {
+                    ids.insert(id);
+                }
+            }
+            Some(ids)
+        }
+    };
+    let after = scan.after.as_ref().map(eid_key).unwrap_or_default();
+    let (index, count) = scan
+        .partition
+        .map_or((-1i64, 1i64), |(i, c)| (i64::from(i), i64::from(c)));
+    let limit = if scan.limit == 0 {
+        -1
+    } else {
+        i64::try_from(scan.limit).unwrap_or(i64::MAX)
+    };
+    let keys: Vec<Vec<u8>> = {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT ekey FROM entity WHERE etype = ?1 AND ekey > ?2 \
+                 AND (?3 < 0 OR (hash IS NOT NULL AND hash % ?4 = ?3)) ORDER BY ekey LIMIT ?5",
+            )
+            .db()?;
+        let rows = stmt
+            .query_map(params![et, after, index, count, limit], |r| r.get(0))
+            .db()?;
+        rows.collect::<std::result::Result<_, _>>().db()?
+    };
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let eid = eid_from_key(&key).ok_or_else(|| corrupt_key(&key))?;
+        if let Some(row) = load_entity(conn, et, &key)? {
+            out.push(assemble(
+                conn,
+                names,
+                et,
+                &key,
+                &eid,
+                &row,
+                projection.as_ref(),
+            )?);
+        }
+    }
+    Ok(out)
+}
+
+pub fn corrupt_key(key: &[u8]) -> StoreError {
+    StoreError::Corrupt {
+        what: "entity key".into(),
+        reason: format!("cannot decode eid key {key:02x?}"),
+    }
+}
+
+pub fn count_master(conn: &Connection, names: &Names, etype: &str) -> Result<u64> {
+    let Some(et) = names.id(conn, etype)? else {
+        return Ok(0);
+    };
+    let n: i64 = conn
+        .prepare_cached("SELECT count(*) FROM entity WHERE etype = ?1")
+        .db()?
+        .query_row([et], |r| r.get(0))
+        .db()?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+pub fn replace_histories(
+    conn: &Connection,
+    names: &Names,
+    etype: &str,
+    eid: &Eid,
+    expected_revision: i64,
+    histories: &[(String, Vec<HistoryItem>)],
+) -> Result<bool> {
+    let et = names.require(conn, etype)?;
+    let key = eid_key(eid);
+    let Some(mut row) = load_entity(conn, et, &key)? else {
+        return Ok(false);
+    };
+    if row.revision != expected_revision {
+        return Ok(false);
+    }
+    let mut seq = load_seq(conn)?;
+    for (attr, items) in histories {
+        let at = names.require(conn, attr)?;
+        conn.prepare_cached("DELETE FROM history WHERE etype = ?1 AND ekey = ?2 AND attr = ?3")
+            .db()?
+            .execute(params![et, key, at])
+            .db()?;
+        for item in items {
+            seq += 1;
+            insert_history(conn, et, &key, at, seq, item)?;
+        }
+        refresh_min_t2(conn, &mut row, et, &key, at, attr)?;
+    }
+    store_seq(conn, seq)?;
+    row.revision += 1;
+    store_entity(conn, et, &key, &row)?;
+    Ok(true)
+}
+
+pub fn delete_old_history(
+    conn: &Connection,
+    names: &Names,
+    etype: &str,
+    attr: &str,
+    older_than: DateTime<Utc>,
+) -> Result<u64> {
+    let (Some(et), Some(at)) = (names.id(conn, etype)?, names.id(conn, attr)?) else {
+        return Ok(0);
+    };
+    let old = ms(older_than);
+    // Candidates by the `#min_t2s` marker, like DP3's `{"#min_t2s.<a>": {$lt: t_old}}`.
+    let candidates: Vec<Vec<u8>> = {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT ekey, min_t2s FROM entity WHERE etype = ?1 AND min_t2s IS NOT NULL",
+            )
+            .db()?;
+        let mut rows = stmt.query([et]).db()?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().db()? {
+            let m = decode_doc(&r.get::<_, Vec<u8>>(1).db()?, "#min_t2s")?;
+            if let Some(Bson::DateTime(t)) = m.get(attr) {
+                if t.timestamp_millis() < old {
+                    out.push(r.get(0).db()?);
+                }
+            }
+        }
+        out
+    };
+    let mut changed = 0u64;
+    for key in candidates {
+        let Some(mut row) = load_entity(conn, et, &key)? else {
+            continue;
+        };
+        conn.prepare_cached(
+            "DELETE FROM history WHERE etype = ?1 AND ekey = ?2 AND attr = ?3 AND t2 < ?4",
+        )
+        .db()?
+        .execute(params![et, key, at, old])
+        .db()?;
+        refresh_min_t2(conn, &mut row, et, &key, at, attr)?;
+        row.revision += 1;
+        store_entity(conn, et, &key, &row)?;
+        changed += 1;
+    }
+    Ok(changed)
+}
+
+pub fn expire_ttl_tokens(
+    conn: &Connection,
+    names: &Names,
+    etype: &str,
+    now: DateTime<Utc>,
+    partition: Option<(u32, u32)>,
+) -> Result<Vec<Eid>> {
+    check_partition(partition)?;
+    let Some(et) = names.id(conn, etype)? else {
+        return Ok(Vec::new());
+    };
+    let now = ms(now);
+    let (index, count) = partition.map_or((-1i64, 1i64), |(i, c)| (i64::from(i), i64::from(c)));
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT ekey, ttl FROM entity WHERE etype = ?1 AND ttl IS NOT NULL \
+                 AND (?2 < 0 OR (hash IS NOT NULL AND hash % ?3 = ?2)) ORDER BY ekey",
+            )
+            .db()?;
+        let r = stmt
+            .query_map(params![et, index, count], |r| Ok((r.get(0)?, r.get(1)?)))
+            .db()?;
+        r.collect::<std::result::Result<_, _>>().db()?
+    };
+    let mut expired = Vec::new();
+    for (key, ttl) in rows {
+        let ttl = decode_doc(&ttl, "#ttl")?;
+        let is_expired = |v: &Bson| match v {
+            Bson::DateTime(t) => t.timestamp_millis() < now,
+            _ => false,
+        };
+        if ttl.values().all(is_expired) {
+            expired.push(eid_from_key(&key).ok_or_else(|| corrupt_key(&key))?);
+        } else if ttl.values().any(is_expired) {
+            let kept: Document = ttl.into_iter().filter(|(_, v)| !is_expired(v)).collect();
+            conn.prepare_cached(
+                "UPDATE entity SET ttl = ?3, revision = revision + 1 \
+                 WHERE etype = ?1 AND ekey = ?2",
+            )
+            .db()?
+            .execute(params![et, key, encode_doc(&kept)?])
+            .db()?;
+        }
+    }
+    Ok(expired)
+}

@@ -1,0 +1,330 @@
+//! The embedded store on SQLite (WAL mode).
+//!
+//! Layout (see [`schema`]): one row per entity with its metadata, one row per plain
+//! attribute, one row per history item clustered by `(etype, eid, attr, seq)` (append-only,
+//! `seq` from a global counter keeps arrival order), an append-only raw log, snapshot
+//! history plus one "latest" row per entity, the link cache, and metadata tables.
+//!
+//! Concurrency: one writer connection and a small pool of reader connections (WAL lets
+//! readers run next to the writer). Writes use `BEGIN IMMEDIATE` and a busy timeout, so
+//! several processes may open the same file. `synchronous = NORMAL`: a committed
+//! transaction survives a process crash (it is in the WAL); after a power loss the last
+//! transactions may be lost, which the queue's accept log covers.
+
+mod codec;
+mod links;
+mod master;
+mod meta;
+mod names;
+mod raw;
+mod schema;
+mod snapshots;
+mod write;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bson::Document;
+use chrono::{DateTime, Utc};
+use dp3_model::Eid;
+use rusqlite::{Connection, OpenFlags};
+
+use crate::Store;
+use crate::error::{Result, StoreError};
+use crate::types::*;
+use codec::SqlResultExt;
+use names::Names;
+
+pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_IDLE_READERS: usize = 4;
+
+/// The embedded SQLite store.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    names: Names,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves the connection usable (SQLite rolls back an
+    // unfinished transaction when the next one begins), so poisoning is ignored.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl SqliteStore {
+    /// Open (creating if missing) the store at `path`. Refuses foreign, corrupted or
+    /// incompatible files with [`StoreError::Open`] naming the file.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let open_err = |reason: String| StoreError::Open {
+            path: path.to_owned(),
+            reason,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.is_dir() {
+                return Err(open_err(format!(
+                    "directory {} does not exist",
+                    parent.display()
+                )));
+            }
+        }
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| open_err(e.to_string()))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| open_err(e.to_string()))?;
+        schema::ensure_schema(&mut conn, path)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| open_err(format!("cannot enable WAL ({e})")))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(open_err(format!(
+                "cannot enable WAL (journal mode is {mode})"
+            )));
+        }
+        conn.execute_batch(
+            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; \
+             PRAGMA temp_store = MEMORY; PRAGMA foreign_keys = OFF;",
+        )
+        .map_err(|e| open_err(e.to_string()))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            names: Names::default(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open_reader(&self) -> Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .db()?;
+        conn.busy_timeout(BUSY_TIMEOUT).db()?;
+        conn.execute_batch("PRAGMA query_only = 1; PRAGMA cache_size = -16384;")
+            .db()?;
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(conn)
+    }
+
+    /// Run `f` on a pooled reader connection.
+    fn read<T>(&self, f: impl FnOnce(&Connection, &Names) -> Result<T>) -> Result<T> {
+        let conn = match lock(&self.readers).pop() {
+            Some(c) => c,
+            None => self.open_reader()?,
+        };
+        let out = f(&conn, &self.names);
+        let mut pool = lock(&self.readers);
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        out
+    }
+
+    /// Run `f` in one immediate write transaction (committed when `f` succeeds).
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &Names) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = lock(&self.writer);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .db()?;
+        let out = f(&tx, &self.names)?;
+        tx.commit().db()?;
+        Ok(out)
+    }
+}
+
+impl Store for SqliteStore {
+    fn apply(&self, batch: &WriteBatch) -> Result<ApplyStats> {
+        if batch.is_empty() {
+            return Ok(ApplyStats::default());
+        }
+        {
+            let conn = lock(&self.writer);
+            self.names.intern(&conn, write::batch_names(batch))?;
+        }
+        self.write(|tx, names| write::apply(tx, names, batch))
+    }
+
+    fn exists(&self, etype: &str, eid: &Eid) -> Result<bool> {
+        self.read(|c, n| master::exists(c, n, etype, eid))
+    }
+
+    fn get_master(&self, etype: &str, eid: &Eid) -> Result<Option<Document>> {
+        self.read(|c, n| master::get_master(c, n, etype, eid, None))
+    }
+
+    fn scan_master(&self, etype: &str, scan: &MasterScan) -> Result<Vec<Document>> {
+        self.read(|c, n| master::scan_master(c, n, etype, scan))
+    }
+
+    fn count_master(&self, etype: &str) -> Result<u64> {
+        self.read(|c, n| master::count_master(c, n, etype))
+    }
+
+    fn replace_histories(
+        &self,
+        etype: &str,
+        eid: &Eid,
+        expected_revision: i64,
+        histories: &[(String, Vec<HistoryItem>)],
+    ) -> Result<bool> {
+        {
+            let conn = lock(&self.writer);
+            let attrs = histories.iter().map(|(a, _)| a.as_str());
+            self.names
+                .intern(&conn, std::iter::once(etype).chain(attrs))?;
+        }
+        self.write(|tx, n| {
+            master::replace_histories(tx, n, etype, eid, expected_revision, histories)
+        })
+    }
+
+    fn delete_old_history(
+        &self,
+        etype: &str,
+        attr: &str,
+        older_than: DateTime<Utc>,
+    ) -> Result<u64> {
+        self.write(|tx, n| master::delete_old_history(tx, n, etype, attr, older_than))
+    }
+
+    fn expire_ttl_tokens(
+        &self,
+        etype: &str,
+        now: DateTime<Utc>,
+        partition: Option<(u32, u32)>,
+    ) -> Result<Vec<Eid>> {
+        self.write(|tx, n| master::expire_ttl_tokens(tx, n, etype, now, partition))
+    }
+
+    fn raw_get(&self, etype: &str, query: &RawQuery) -> Result<Vec<Document>> {
+        self.read(|c, n| raw::raw_get(c, n, etype, query))
+    }
+
+    fn archive_raw(
+        &self,
+        etype: &str,
+        older_than: DateTime<Utc>,
+        sink: &mut dyn FnMut(&[Document]) -> Result<()>,
+    ) -> Result<u64> {
+        raw::archive_raw(self, etype, older_than, sink)
+    }
+
+    fn links_to(
+        &self,
+        to: &LinkKey,
+        using_attr: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<LinkEntry>> {
+        self.read(|c, _| links::links_to(c, to, using_attr, now))
+    }
+
+    fn links_using(&self, using_attrs: &[String], now: DateTime<Utc>) -> Result<Vec<LinkEntry>> {
+        self.read(|c, _| links::links_using(c, using_attrs, now))
+    }
+
+    fn referenced_eids(&self, etype: &str, now: DateTime<Utc>) -> Result<Vec<Eid>> {
+        self.read(|c, _| links::referenced_eids(c, etype, now))
+    }
+
+    fn save_snapshots(
+        &self,
+        etype: &str,
+        snapshots: &[(Eid, Document)],
+        time: DateTime<Utc>,
+    ) -> Result<()> {
+        {
+            let conn = lock(&self.writer);
+            self.names.intern(&conn, std::iter::once(etype))?;
+        }
+        self.write(|tx, n| snapshots::save_snapshots(tx, n, etype, snapshots, time))
+    }
+
+    fn latest_snapshots(&self, etype: &str, query: &SnapshotQuery) -> Result<Vec<Document>> {
+        self.read(|c, n| snapshots::latest_snapshots(c, n, etype, query))
+    }
+
+    fn count_latest_snapshots(&self, etype: &str, filter: &Document) -> Result<u64> {
+        self.read(|c, n| snapshots::count_latest(c, n, etype, filter))
+    }
+
+    fn latest_snapshot(&self, etype: &str, eid: &Eid) -> Result<Option<Document>> {
+        self.read(|c, n| snapshots::latest_snapshot(c, n, etype, eid))
+    }
+
+    fn snapshot_history(
+        &self,
+        etype: &str,
+        eid: &Eid,
+        query: &HistoryQuery,
+    ) -> Result<Vec<Document>> {
+        self.read(|c, n| snapshots::snapshot_history(c, n, etype, eid, query))
+    }
+
+    fn distinct_latest(&self, etype: &str, attr: &str) -> Result<Vec<(bson::Bson, u64)>> {
+        self.read(|c, n| snapshots::distinct_latest(c, n, etype, attr))
+    }
+
+    fn delete_old_snapshots(&self, etype: &str, older_than: DateTime<Utc>) -> Result<u64> {
+        self.write(|tx, n| snapshots::delete_old(tx, n, etype, older_than))
+    }
+
+    fn get_meta(&self, key: &str) -> Result<Option<Document>> {
+        self.read(|c, _| meta::get(c, key))
+    }
+
+    fn put_meta(&self, key: &str, value: &Document) -> Result<()> {
+        self.write(|tx, _| meta::put(tx, key, value))
+    }
+
+    fn list_meta(&self, prefix: &str) -> Result<Vec<(String, Document)>> {
+        self.read(|c, _| meta::list(c, prefix))
+    }
+
+    fn delete_meta(&self, key: &str) -> Result<()> {
+        self.write(|tx, _| meta::delete(tx, key))
+    }
+
+    fn insert_run_metadata(&self, doc: &Document) -> Result<()> {
+        self.write(|tx, _| meta::insert_run(tx, doc))
+    }
+
+    fn update_run_metadata(&self, id: &str, set: &Document, inc: &Document) -> Result<()> {
+        self.write(|tx, _| meta::update_run(tx, id, set, inc))
+    }
+
+    fn query_run_metadata(&self, query: &RunMetadataQuery) -> Result<Vec<Document>> {
+        self.read(|c, _| meta::query_runs(c, query))
+    }
+
+    fn flush(&self) -> Result<()> {
+        let conn = lock(&self.writer);
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .db()
+    }
+}

@@ -1,0 +1,319 @@
+//! The write path: one transaction per batch; runs of entity writes are stable-sorted by
+//! key (same-entity order kept) and merged per entity so each entity row is read and written
+//! once; history items and raw datapoints are appended with cached prepared statements.
+
+use bson::{Bson, Document};
+use chrono::Utc;
+use dp3_model::{DataPoint, Eid};
+use rusqlite::{Connection, params};
+
+use super::codec::{SqlResultExt, bson_time, encode_value, ms};
+use super::links;
+use super::master::{self, EntityRow};
+use super::meta;
+use super::names::Names;
+use crate::error::Result;
+use crate::keys::eid_key;
+use crate::types::{ApplyStats, EntityWrite, WriteBatch, WriteOp};
+
+/// Every entity type and attribute name the batch writes (to intern before the
+/// transaction).
+pub fn batch_names(batch: &WriteBatch) -> impl Iterator<Item = &str> {
+    let ops = batch
+        .ops
+        .iter()
+        .flat_map(|op| -> Box<dyn Iterator<Item = &str>> {
+            match op {
+                WriteOp::Entity(w) => Box::new(
+                    std::iter::once(w.etype.as_str())
+                        .chain(w.plain.iter().map(|(a, _, _)| a.as_str()))
+                        .chain(w.history.iter().map(|(a, _)| a.as_str())),
+                ),
+                _ => Box::new(std::iter::empty()),
+            }
+        });
+    let raw = batch
+        .raw
+        .iter()
+        .flat_map(|dp| [dp.etype.as_str(), dp.attr.as_str()]);
+    ops.chain(raw)
+}
+
+pub fn apply(conn: &Connection, names: &Names, batch: &WriteBatch) -> Result<ApplyStats> {
+    let mut stats = ApplyStats::default();
+    let mut seq = master::load_seq(conn)?;
+    let seq_before = seq;
+    let ops = &batch.ops;
+    let mut i = 0;
+    while i < ops.len() {
+        match &ops[i] {
+            WriteOp::Entity(_) => {
+                // A run of consecutive entity writes may be reordered across entities.
+                let mut run: Vec<(i64, Vec<u8>, &EntityWrite)> = Vec::new();
+                while let Some(WriteOp::Entity(w)) = ops.get(i) {
+                    run.push((names.require(conn, &w.etype)?, eid_key(&w.eid), w));
+                    i += 1;
+                }
+                run.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+                let mut start = 0;
+                while start < run.len() {
+                    let mut end = start + 1;
+                    while end < run.len()
+                        && run[end].0 == run[start].0
+                        && run[end].1 == run[start].1
+                    {
+                        end += 1;
+                    }
+                    let (et, key) = (run[start].0, &run[start].1);
+                    let writes: Vec<&EntityWrite> = run[start..end].iter().map(|r| r.2).collect();
+                    apply_entity(conn, names, et, key, &writes, &mut seq, &mut stats)?;
+                    start = end;
+                }
+            }
+            WriteOp::Delete { etype, eid } => {
+                if delete_entity(conn, names, etype, eid)? {
+                    stats.entities_deleted += 1;
+                }
+                i += 1;
+            }
+            WriteOp::Link(op) => {
+                links::apply_link_op(conn, op)?;
+                i += 1;
+            }
+        }
+    }
+    if seq != seq_before {
+        master::store_seq(conn, seq)?;
+    }
+    for dp in &batch.raw {
+        append_raw(conn, names, dp)?;
+        stats.raw_datapoints += 1;
+    }
+    for (key, doc) in &batch.meta {
+        meta::put(conn, key, doc)?;
+    }
+    Ok(stats)
+}
+
+fn apply_entity(
+    conn: &Connection,
+    names: &Names,
+    et: i64,
+    key: &[u8],
+    writes: &[&EntityWrite],
+    seq: &mut i64,
+    stats: &mut ApplyStats,
+) -> Result<()> {
+    if writes.iter().all(|w| w.is_empty()) {
+        return Ok(());
+    }
+    let existing = master::load_entity(conn, et, key)?;
+    let created = existing.is_none();
+    let mut row = existing.unwrap_or_else(EntityRow::default);
+    for w in writes {
+        if let Some(c) = w.create {
+            row.hash = Some(i64::from(c.hash));
+            row.time_created = Some(ms(c.time_created));
+        }
+        for (attr, v, ts) in &w.plain {
+            let at = names.require(conn, attr)?;
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO plain(etype, ekey, attr, v, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .db()?
+            .execute(params![et, key, at, encode_value(v)?, ms(*ts)])
+            .db()?;
+        }
+        for (attr, item) in &w.history {
+            let at = names.require(conn, attr)?;
+            *seq += 1;
+            master::insert_history(conn, et, key, at, *seq, item)?;
+            let t2 = ms(item.t2);
+            let lower = match row.min_t2s.get(attr) {
+                Some(Bson::DateTime(cur)) => cur.timestamp_millis() > t2,
+                _ => true,
+            };
+            if lower {
+                row.min_t2s.insert(attr.as_str(), bson_time(t2));
+            }
+            stats.history_items += 1;
+        }
+        if !w.ttl.is_empty() {
+            let ttl = row.ttl.get_or_insert_with(Document::new);
+            for (name, expiry) in &w.ttl {
+                let raise = match ttl.get(name) {
+                    Some(Bson::DateTime(cur)) => cur.timestamp_millis() < ms(*expiry),
+                    _ => true,
+                };
+                if raise {
+                    ttl.insert(name.as_str(), bson_time(ms(*expiry)));
+                }
+            }
+        }
+    }
+    row.revision += 1;
+    master::store_entity(conn, et, key, &row)?;
+    stats.entities_written += 1;
+    if created {
+        stats.entities_created += 1;
+    }
+    Ok(())
+}
+
+fn append_raw(conn: &Connection, names: &Names, dp: &DataPoint) -> Result<()> {
+    let et = names.require(conn, &dp.etype)?;
+    let at = names.require(conn, &dp.attr)?;
+    conn.prepare_cached(
+        "INSERT INTO raw(etype, ekey, attr, src, t1, t2, c, v) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .db()?
+    .execute(params![
+        et,
+        eid_key(&dp.eid),
+        at,
+        dp.src,
+        dp.t1.map(ms),
+        dp.t2.map(ms),
+        dp.c,
+        encode_value(&dp.v)?
+    ])
+    .db()?;
+    Ok(())
+}
+
+/// Delete an entity with DP3's cascade (data-model.md §7.5). Returns whether a master
+/// record existed.
+fn delete_entity(conn: &Connection, names: &Names, etype: &str, eid: &Eid) -> Result<bool> {
+    let key = eid_key(eid);
+    let mut existed = false;
+    if let Some(et) = names.id(conn, etype)? {
+        existed = conn
+            .prepare_cached("DELETE FROM entity WHERE etype = ?1 AND ekey = ?2")
+            .db()?
+            .execute(params![et, key])
+            .db()?
+            > 0;
+        for table in ["plain", "history", "snapshot", "snapshot_latest"] {
+            conn.prepare_cached(&format!(
+                "DELETE FROM {table} WHERE etype = ?1 AND ekey = ?2"
+            ))
+            .db()?
+            .execute(params![et, key])
+            .db()?;
+        }
+    }
+    let now = ms(Utc::now());
+    for (from_etype, from_key, using_attr) in links::live_sources(conn, etype, &key, now)? {
+        let attr = using_attr
+            .split_once('#')
+            .map_or(using_attr.as_str(), |(_, a)| a);
+        remove_link_values(conn, names, &from_etype, &from_key, attr, eid)?;
+    }
+    links::delete_entity_links(conn, etype, &key)?;
+    Ok(existed)
+}
+
+/// Whether a stored link value (`{eid, ...}` or an array of them) references `eid`.
+fn references(v: &Bson, eid: &Eid) -> bool {
+    match v {
+        Bson::Document(d) => d.get("eid").and_then(Eid::from_bson).as_ref() == Some(eid),
+        Bson::Array(items) => items.iter().any(|i| references(i, eid)),
+        _ => false,
+    }
+}
+
+/// Remove link values pointing at `deleted` from one attribute of one source record.
+fn remove_link_values(
+    conn: &Connection,
+    names: &Names,
+    etype: &str,
+    key: &[u8],
+    attr: &str,
+    deleted: &Eid,
+) -> Result<()> {
+    let (Some(et), Some(at)) = (names.id(conn, etype)?, names.id(conn, attr)?) else {
+        return Ok(());
+    };
+    let Some(mut row) = master::load_entity(conn, et, key)? else {
+        return Ok(());
+    };
+    let mut changed = false;
+    // observations: drop whole datapoints referencing the deleted eid
+    let doomed: Vec<i64> = {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, v FROM history WHERE etype = ?1 AND ekey = ?2 AND attr = ?3",
+            )
+            .db()?;
+        let mut rows = stmt.query(params![et, key, at]).db()?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().db()? {
+            let v = super::codec::decode_value(&r.get::<_, Vec<u8>>(1).db()?, "history value")?;
+            if references(&v, deleted) {
+                out.push(r.get(0).db()?);
+            }
+        }
+        out
+    };
+    for s in &doomed {
+        conn.prepare_cached(
+            "DELETE FROM history WHERE etype = ?1 AND ekey = ?2 AND attr = ?3 AND seq = ?4",
+        )
+        .db()?
+        .execute(params![et, key, at, s])
+        .db()?;
+    }
+    if !doomed.is_empty() {
+        master::refresh_min_t2(conn, &mut row, et, key, at, attr)?;
+        changed = true;
+    }
+    // plain: unset a single link, filter an array/set of links
+    let plain: Option<Vec<u8>> = rusqlite::OptionalExtension::optional(
+        conn.prepare_cached("SELECT v FROM plain WHERE etype = ?1 AND ekey = ?2 AND attr = ?3")
+            .db()?
+            .query_row(params![et, key, at], |r| r.get(0)),
+    )
+    .db()?;
+    if let Some(bytes) = plain {
+        let v = super::codec::decode_value(&bytes, "plain value")?;
+        let replacement = match &v {
+            Bson::Document(_) if references(&v, deleted) => Some(None),
+            Bson::Array(items) if items.iter().any(|i| references(i, deleted)) => {
+                let kept: Vec<Bson> = items
+                    .iter()
+                    .filter(|i| !references(i, deleted))
+                    .cloned()
+                    .collect();
+                Some((!kept.is_empty()).then_some(Bson::Array(kept)))
+            }
+            _ => None,
+        };
+        match replacement {
+            Some(None) => {
+                conn.prepare_cached(
+                    "DELETE FROM plain WHERE etype = ?1 AND ekey = ?2 AND attr = ?3",
+                )
+                .db()?
+                .execute(params![et, key, at])
+                .db()?;
+                changed = true;
+            }
+            Some(Some(kept)) => {
+                conn.prepare_cached(
+                    "UPDATE plain SET v = ?4 WHERE etype = ?1 AND ekey = ?2 AND attr = ?3",
+                )
+                .db()?
+                .execute(params![et, key, at, encode_value(&kept)?])
+                .db()?;
+                changed = true;
+            }
+            None => {}
+        }
+    }
+    if changed {
+        row.revision += 1;
+        master::store_entity(conn, et, key, &row)?;
+    }
+    Ok(())
+}

@@ -3,5 +3,6 @@
 //! Data flows one way: `api` → `queue` → `pipeline` → store → `snapshot`; see
 //! `docs/ARCHITECTURE.md`.
 
+pub mod api;
 pub mod cli;
 pub mod queue;

@@ -80,6 +80,39 @@ fn batch(n: usize) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// On-CPU time of the current thread (Linux), so the figure is per core even when other
+/// processes share the machine.
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Print datapoints per second of thread CPU time (criterion's figure is wall-clock time).
+fn report_cpu_throughput(model: &ModelSpec, body: &[u8]) {
+    const ROUNDS: u64 = 2000;
+    let wall = std::time::Instant::now();
+    let Some(start) = thread_cpu_ns() else {
+        return;
+    };
+    for _ in 0..ROUNDS {
+        let _ = black_box(parse_api_datapoints(model, black_box(body)));
+    }
+    let Some(end) = thread_cpu_ns() else {
+        return;
+    };
+    let cpu = end.saturating_sub(start).max(1) as f64 / 1e9;
+    let n = (ROUNDS * 1000) as f64;
+    println!(
+        "datapoint_parse: {:.0} datapoints/s per core (CPU time), {:.0} datapoints/s wall-clock",
+        n / cpu,
+        n / wall.elapsed().as_secs_f64()
+    );
+}
+
 fn bench(c: &mut Criterion) {
     let model = model();
     let body = batch(1000);
@@ -87,6 +120,7 @@ fn bench(c: &mut Criterion) {
         parse_api_datapoints(&model, &body).map(|d| d.len()),
         Ok(1000)
     );
+    report_cpu_throughput(&model, &body);
     let mut g = c.benchmark_group("datapoint_parse");
     g.throughput(Throughput::Elements(1000));
     g.bench_function("observations_1000", |b| {

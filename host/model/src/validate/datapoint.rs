@@ -738,6 +738,40 @@ pub(crate) fn validate_internal_datapoint(
     validate_for_attr(model, entity.spec.id_data_type, spec, env)
 }
 
+/// Attribute lookup with a small cache of recently used `(etype, attr)` pairs: requests
+/// usually repeat a few attributes, and comparing two short strings is cheaper than hashing
+/// them into two maps.
+#[derive(Default)]
+struct AttrLookup<'m> {
+    recent: Vec<(&'m str, &'m str, EidType, &'m AttrSpec)>,
+}
+
+impl<'m> AttrLookup<'m> {
+    const CAPACITY: usize = 16;
+
+    fn find(
+        &mut self,
+        model: &'m ModelSpec,
+        etype: &str,
+        attr: &str,
+    ) -> Option<(EidType, &'m AttrSpec)> {
+        if let Some(&(_, _, t, spec)) = self
+            .recent
+            .iter()
+            .find(|(e, a, _, _)| *e == etype && *a == attr)
+        {
+            return Some((t, spec));
+        }
+        let (etype_key, entity) = model.entities.get_key_value(etype)?;
+        let (attr_key, spec) = entity.attribs.get_key_value(attr)?;
+        let id_type = entity.spec.id_data_type;
+        if self.recent.len() < Self::CAPACITY {
+            self.recent.push((etype_key, attr_key, id_type, spec));
+        }
+        Some((id_type, spec))
+    }
+}
+
 /// Parse and validate the body of `POST /datapoints` (a JSON array of
 /// `{type, id, attr, v, t1, t2, c, src}` objects).
 ///
@@ -748,7 +782,13 @@ pub fn parse_api_datapoints(
     model: &ModelSpec,
     body: &[u8],
 ) -> Result<Vec<DataPoint>, Vec<ValidationError>> {
-    let items: Vec<RawItem<'_>> = match serde_json::from_slice(body) {
+    // Validating UTF-8 once up front lets serde_json borrow every raw field without
+    // re-validating it (`from_str` instead of `from_slice`).
+    let text = match std::str::from_utf8(body) {
+        Ok(text) => text,
+        Err(e) => return Err(vec![utf8_error(body, &e)]),
+    };
+    let items: Vec<RawItem<'_>> = match serde_json::from_str(text) {
         Ok(items) => items,
         Err(e) => return Err(vec![body_error(body, &e)]),
     };
@@ -763,6 +803,7 @@ pub fn parse_api_datapoints(
     };
     let mut out = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
+    let mut lookup = AttrLookup::default();
     for (i, raw) in items.iter().enumerate() {
         let prefix = [LocItem::from("body"), LocItem::from(i)];
         let RawItem::Object(f) = raw else {
@@ -784,10 +825,7 @@ pub fn parse_api_datapoints(
                 continue;
             }
         };
-        let Some((eid_type, spec)) = model
-            .entity(&env.etype)
-            .and_then(|e| Some((e.spec.id_data_type, e.attribs.get(env.attr.as_ref())?)))
-        else {
+        let Some((eid_type, spec)) = lookup.find(model, &env.etype, &env.attr) else {
             errors.push(
                 ValidationError::value_error(
                     format!(
@@ -829,6 +867,17 @@ fn body_error(body: &[u8], e: &serde_json::Error) -> ValidationError {
     )
     .with_ctx(serde_json::json!({ "error": e.to_string() }))
     .at([LocItem::from("body"), LocItem::from(pos)])
+}
+
+/// The body is not UTF-8 (so not JSON either).
+fn utf8_error(body: &[u8], e: &std::str::Utf8Error) -> ValidationError {
+    ValidationError::new(
+        "json_invalid",
+        "JSON decode error",
+        Json::String(String::from_utf8_lossy(body).into_owned()),
+    )
+    .with_ctx(serde_json::json!({ "error": e.to_string() }))
+    .at([LocItem::from("body"), LocItem::from(e.valid_up_to())])
 }
 
 /// Byte offset of a 1-based (line, column) position.

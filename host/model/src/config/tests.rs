@@ -1551,3 +1551,19 @@ fn example_configuration_loads() {
     assert_eq!(c.processing_core.worker_processes, 1);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }
+
+#[test]
+fn duplicate_keys_are_errors() {
+    // PyYAML silently keeps the last one; a duplicated attribute is almost always a mistake.
+    assert_error(
+        &[(
+            DEVICE,
+            Some(&entity(
+                "  a: {name: A, type: plain, data_type: int}\n  a: {name: B, type: plain, data_type: int}\n",
+            )),
+        )],
+        DEVICE,
+        "",
+        "duplicate entry with key \"a\"",
+    );
+}

@@ -156,33 +156,29 @@ fn read_yaml_file(path: &Path, rel: &str, errors: &mut Vec<ConfigError>) -> Opti
 }
 
 /// Every `*.yaml` file under `root` (relative paths), which DP3 — and we — silently ignore.
+/// `dp3 check` warns about them: a `.yaml` extension is a classic operator mistake.
 pub fn ignored_yaml_files(root: &Path) -> Vec<String> {
-    let mut errors = Vec::new();
-    let mut warnings = Vec::new();
-    // Cheap enough for a configuration directory; reuses the exact reading rules.
-    let _ = read_dir_names_only(root, String::new(), &mut errors, &mut warnings);
-    warnings
+    let mut out = Vec::new();
+    collect_yaml_files(root, "", &mut out);
+    out
 }
 
-fn read_dir_names_only(
-    dir: &Path,
-    rel: String,
-    errors: &mut Vec<ConfigError>,
-    out: &mut Vec<String>,
-) -> Option<()> {
-    for entry in fs::read_dir(dir).ok()?.flatten() {
+fn collect_yaml_files(dir: &Path, rel: &str, out: &mut Vec<String>) {
+    let Ok(listing) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in listing.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
         let Ok(meta) = fs::metadata(&path) else {
             continue;
         };
         if meta.is_dir() {
-            read_dir_names_only(&path, format!("{rel}{name}/"), errors, out);
+            collect_yaml_files(&path, &format!("{rel}{name}/"), out);
         } else if meta.is_file() && name.ends_with(".yaml") {
             out.push(format!("{rel}{name}"));
         }
     }
-    Some(())
 }
 
 /// `modules/<module>.yml` (or `modules/<module>/`) as JSON; `{}` when absent or empty.

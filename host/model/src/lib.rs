@@ -11,6 +11,7 @@ pub mod eid;
 pub mod hash;
 pub mod history;
 pub mod spec;
+pub mod aggregate;
 pub mod current;
 pub mod schedule;
 pub mod task;

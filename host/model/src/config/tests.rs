@@ -608,12 +608,6 @@ const SECTION_CASES: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "processing_core.yml",
-        "worker_processes: 1\nmodules_dir: no_such_dir\nenabled_modules: []\n",
-        "modules_dir",
-        "directory does not exist",
-    ),
-    (
-        "processing_core.yml",
         "worker_processes: 1\nmodules_dir: 5\nenabled_modules: []\n",
         "modules_dir",
         "expected a string",
@@ -1550,6 +1544,27 @@ fn example_configuration_loads() {
     }
     assert_eq!(c.processing_core.worker_processes, 1);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn missing_modules_dir_is_a_warning() {
+    let c = load_ok(&[(
+        "processing_core.yml",
+        Some(
+            "worker_processes: 1\nmodules_dir: /dp3/tests/modules\nenabled_modules: [test_module]\n",
+        ),
+    )]);
+    assert_eq!(
+        c.processing_core.modules_dir,
+        PathBuf::from("/dp3/tests/modules")
+    );
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("/dp3/tests/modules does not exist")),
+        "{:?}",
+        c.warnings
+    );
 }
 
 #[test]

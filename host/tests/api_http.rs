@@ -1047,6 +1047,59 @@ async fn cors_preflight() {
     let resp = h.app.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    let bytes = axum::body::to_bytes(resp.into_body(), 100).await.unwrap();
+    assert_eq!(&bytes[..], b"OK");
+}
+
+#[tokio::test]
+async fn request_limits() {
+    let h = harness_with(|s, _| {
+        s.body_limit = 1000;
+        s.max_datapoints_per_request = Some(2);
+    });
+    let big = format!(
+        r#"[{{"type":"A","id":1,"attr":"data1","v":"{}"}}]"#,
+        "x".repeat(2000)
+    );
+    let r = h.post_json("/datapoints", &big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.body["detail"].is_string(), "{}", r.text);
+    let three = r#"[{"type":"A","id":1,"attr":"data1","v":"a"},{"type":"A","id":1,"attr":"data1","v":"b"},{"type":"A","id":1,"attr":"data1","v":"c"}]"#;
+    let r = h.post_json("/datapoints", three).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(h.tasks().is_empty());
+}
+
+#[tokio::test]
+async fn forwarded_for_is_only_trusted_from_loopback() {
+    let h = harness();
+    // No peer address (in-process): the header is ignored.
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/entity/A/5/set/data1")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(Body::from(r#"{"value":"x"}"#))
+        .unwrap();
+    let resp = h.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        h.tasks()[0].data_points[0].src.as_deref(),
+        Some("unknown via API")
+    );
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri("/entity/A/5/set/data1")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(Body::from(r#"{"value":"x"}"#))
+        .unwrap();
+    let peer: std::net::SocketAddr = "127.0.0.1:4000".parse().unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
+    h.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(
+        h.tasks()[0].data_points[0].src.as_deref(),
+        Some("203.0.113.9 via API")
+    );
 }
 
 // ------------------------------------------------------------------ telemetry & docs

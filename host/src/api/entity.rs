@@ -5,7 +5,6 @@
 //! Validation precedence (api.md §7 item 9): etype → eid → other parameters/body.
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::Uri;
 use axum::http::request::Parts;
@@ -25,6 +24,7 @@ use super::filters::{build_query, check_filters, parse_sort};
 use super::ingest::{is_json_content_type, ok, submit_and_wait};
 use super::params::{Checker, QueryParams, json_error_offset, json_error_reason};
 use super::render::{Window, master_record_json, observations_history, timeseries_history};
+use super::routing::RawBody;
 use super::system::PathParams;
 use super::{AppState, client_ip};
 
@@ -421,7 +421,7 @@ pub async fn set_attr<const V2: bool>(
     State(state): State<AppState>,
     path: PathParams,
     parts: Parts,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> JsonResult {
     let q = QueryParams::parse(parts.uri.query());
     let (et, eid) = locate::<V2>(&state, &path, &q)?;
@@ -489,7 +489,7 @@ pub async fn extend_ttl<const V2: bool>(
     State(state): State<AppState>,
     path: PathParams,
     parts: Parts,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> JsonResult {
     let q = QueryParams::parse(parts.uri.query());
     let (et, eid) = locate::<V2>(&state, &path, &q)?;

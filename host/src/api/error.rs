@@ -99,6 +99,9 @@ pub enum ApiError {
     /// `405 {"detail": "Method Not Allowed"}`.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// `413 {"detail": "text"}`: the body or the number of datapoints exceeds a limit.
+    #[error("payload too large: {0}")]
+    PayloadTooLarge(String),
     /// `503 {"detail": "text"}`, with `Retry-After` when the client should retry.
     #[error("service unavailable: {detail}")]
     Unavailable {
@@ -136,6 +139,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -145,7 +149,9 @@ impl ApiError {
     pub fn body(&self) -> Json {
         match self {
             ApiError::Validation(items) => json!({ "detail": items }),
-            ApiError::BadRequest(text) => json!({ "detail": text }),
+            ApiError::BadRequest(text) | ApiError::PayloadTooLarge(text) => {
+                json!({ "detail": text })
+            }
             ApiError::NotFound => json!({ "detail": "Not Found" }),
             ApiError::MethodNotAllowed => json!({ "detail": "Method Not Allowed" }),
             ApiError::Unavailable { detail, .. } => json!({ "detail": detail }),

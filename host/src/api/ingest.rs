@@ -3,7 +3,6 @@
 //! Unlike DP3 (which answers once RabbitMQ took the message), a `200` here means the tasks
 //! are durable: we wait for the submitter's acceptance.
 
-use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
@@ -14,6 +13,7 @@ use serde_json::{Value as Json, json};
 use std::net::SocketAddr;
 
 use super::error::{ApiError, ErrorItem};
+use super::routing::RawBody;
 use super::{AppState, client_ip};
 
 /// `{"detail": "OK"}`.
@@ -69,7 +69,7 @@ pub fn datapoint_api_json(dp: &DataPoint) -> Json {
 pub async fn post_datapoints(
     State(state): State<AppState>,
     parts: Parts,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<axum::Json<Json>, ApiError> {
     let client = client_ip(
         parts.extensions.get::<ConnectInfo<SocketAddr>>(),
@@ -106,6 +106,14 @@ pub async fn post_datapoints(
             return Err(ApiError::Validation(items));
         }
     };
+    if let Some(max) = state.settings.max_datapoints_per_request
+        && datapoints.len() > max
+    {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "Too many datapoints in one request: {} (at most {max})",
+            datapoints.len()
+        )));
+    }
     let good_records: Vec<Json> = if state.logger.logs_good() {
         datapoints.iter().map(datapoint_api_json).collect()
     } else {

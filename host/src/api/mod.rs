@@ -71,8 +71,11 @@ pub struct ApiSettings {
     pub allowed_control_actions: Vec<String>,
     /// `None`: `/telemetry/rabbitmq/queues` answers 503 (no broker in this deployment).
     pub rabbitmq: Option<RabbitMqManagement>,
-    /// Maximum request body size in bytes.
+    /// Maximum request body size in bytes (`413` beyond it).
     pub body_limit: usize,
+    /// Maximum number of datapoints in one `POST /datapoints` (`413` beyond it); `None` =
+    /// unlimited, as in DP3.
+    pub max_datapoints_per_request: Option<usize>,
 }
 
 impl Default for ApiSettings {
@@ -87,6 +90,7 @@ impl Default for ApiSettings {
             allowed_control_actions: Vec::new(),
             rabbitmq: None,
             body_limit: DEFAULT_BODY_LIMIT,
+            max_datapoints_per_request: None,
         }
     }
 }
@@ -116,6 +120,7 @@ impl ApiSettings {
                 password: broker.password.clone(),
             }),
             body_limit: DEFAULT_BODY_LIMIT,
+            max_datapoints_per_request: None,
         }
     }
 }
@@ -194,17 +199,20 @@ impl AppState {
 
 /// The client address for logs and `set`'s `src` (`"<ip> via API"`).
 pub fn client_ip(conn: Option<&ConnectInfo<SocketAddr>>, headers: &HeaderMap) -> String {
-    // Behind a reverse proxy uvicorn reports the forwarded address; do the same.
+    let peer = conn.map(|c| c.0.ip());
+    // Like uvicorn's default `forwarded_allow_ips`: only a proxy on this machine may set
+    // the client address through `X-Forwarded-For`.
+    let trusted_proxy = peer.is_some_and(|ip| ip.is_loopback());
     if let Some(fwd) = headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
         .map(str::trim)
-        .filter(|v| !v.is_empty())
+        .filter(|v| trusted_proxy && !v.is_empty())
     {
         return fwd.to_owned();
     }
-    conn.map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
+    peer.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
 }
 
 /// The API router with all routes, DP3's routing behaviour (404/405 bodies, slash
@@ -229,6 +237,7 @@ pub fn router(state: AppState) -> Router {
         .fallback_service(api)
         .layer(axum::middleware::map_request(routing::reject_head))
         .layer(cors_layer(&settings.cors_allow_origins))
+        .layer(axum::middleware::from_fn(routing::preflight_ok_body))
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {

@@ -2,11 +2,53 @@
 //! `404 {"detail":"Not Found"}`, `405 {"detail":"Method Not Allowed"}`, no automatic `HEAD`,
 //! and a `307` redirect when a path only differs from a route by a trailing slash.
 
-use axum::extract::Request;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
+
+/// The request body as bytes; over the body limit it is `413 {"detail": ...}` instead of
+/// axum's plain-text rejection.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge("Request body is too large".into())
+                } else {
+                    ApiError::BadRequest(format!("Cannot read the request body: {}", e.body_text()))
+                }
+            })
+    }
+}
+
+/// DP3 (Starlette) answers a CORS preflight with the text `OK`.
+pub async fn preflight_ok_body(req: Request, next: Next) -> Response {
+    let preflight = req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let resp = next.run(req).await;
+    if preflight && resp.status() == StatusCode::OK {
+        let (mut parts, _) = resp.into_parts();
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, Body::from("OK"));
+    }
+    resp
+}
 
 /// Every route pattern the API serves (axum syntax). Used to decide slash redirects: Starlette
 /// redirects when the other form matches a route whatever the method.

@@ -1,0 +1,129 @@
+//! Source freshness telemetry (core.md §8.3, api.md §4.9 `sources_validity`/`sources_age`).
+//!
+//! The executor calls [`SourceTelemetry::observe`] for every task (DP3's Telemetry core module
+//! hooks `on_task_start`); a job calls [`SourceTelemetry::sync`] every 30 s, which merges the
+//! in-memory times into store metadata `telemetry/src/<src>` = `{src_t}` with `$max`
+//! semantics, so the stored time only grows.
+//!
+//! Difference to DP3: DP3 keeps the *last processed* time per source in memory (a later task
+//! with an older `t2` overwrites a newer one until the next sync). Only the maximum can ever
+//! reach the store, so the maximum is what is kept here as well.
+
+use std::collections::HashMap;
+
+use bson::doc;
+use chrono::{DateTime, Utc};
+use dp3_model::{DataPointTask, value};
+use dp3_store::Store;
+use parking_lot::Mutex;
+
+use super::error::Result;
+
+/// Metadata key prefix (shared with the API, `api::telemetry::SOURCES_PREFIX`).
+pub const SOURCES_PREFIX: &str = "telemetry/src/";
+
+/// Latest datapoint time per source, waiting to be merged into the store.
+#[derive(Debug, Default)]
+pub struct SourceTelemetry {
+    pending: Mutex<HashMap<String, DateTime<Utc>>>,
+}
+
+impl SourceTelemetry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Record the `t2` (or `t1`) of every timed datapoint with a source. Plain datapoints
+    /// (no `t1`) are ignored, as in DP3.
+    pub fn observe(&self, task: &DataPointTask) {
+        let mut times = task
+            .data_points
+            .iter()
+            .filter_map(|dp| Some((dp.src.as_deref()?, dp.t2.or(dp.t1)?)))
+            .peekable();
+        if times.peek().is_none() {
+            return;
+        }
+        let mut pending = self.pending.lock();
+        for (src, t) in times {
+            match pending.get_mut(src) {
+                Some(cur) => *cur = (*cur).max(t),
+                None => {
+                    pending.insert(src.to_owned(), t);
+                }
+            }
+        }
+    }
+
+    /// Merge the recorded times into the store (`$max`). Returns how many sources were
+    /// written. Entries that could not be written are kept for the next sync.
+    pub fn sync(&self, store: &dyn Store) -> Result<usize> {
+        let taken = std::mem::take(&mut *self.pending.lock());
+        let mut written = 0;
+        let mut entries = taken.into_iter();
+        while let Some((src, t)) = entries.next() {
+            if let Err(e) = merge_one(store, &src, t) {
+                // Put this and the remaining entries back (max-merged with anything observed
+                // meanwhile) and report the failure.
+                let mut pending = self.pending.lock();
+                for (s, t) in std::iter::once((src, t)).chain(entries) {
+                    let cur = pending.entry(s).or_insert(t);
+                    *cur = (*cur).max(t);
+                }
+                return Err(e);
+            }
+            written += 1;
+        }
+        Ok(written)
+    }
+}
+
+fn merge_one(store: &dyn Store, src: &str, t: DateTime<Utc>) -> Result<()> {
+    let key = format!("{SOURCES_PREFIX}{src}");
+    let stored = store
+        .get_meta(&key)?
+        .and_then(|d| d.get("src_t").and_then(value::as_time));
+    if stored.is_none_or(|s| s < t) {
+        store.put_meta(&key, &doc! {"src_t": value::time(t)})?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::Bson;
+    use chrono::{TimeDelta, TimeZone};
+    use dp3_model::{DataPoint, Eid};
+
+    fn dp(src: Option<&str>, t1: Option<DateTime<Utc>>, t2: Option<DateTime<Utc>>) -> DataPoint {
+        DataPoint {
+            etype: "A".into(),
+            eid: Eid::Int(1),
+            attr: "x".into(),
+            src: src.map(str::to_owned),
+            v: Bson::Int32(1),
+            c: 1.0,
+            t1,
+            t2,
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_time_per_source_and_ignores_plain_and_sourceless() {
+        let t = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
+        let tel = SourceTelemetry::new();
+        tel.observe(&DataPointTask {
+            data_points: vec![
+                dp(Some("a"), Some(t), Some(t + TimeDelta::hours(1))),
+                dp(Some("a"), Some(t), None),
+                dp(Some("b"), None, None),
+                dp(None, Some(t), Some(t)),
+            ],
+            ..Default::default()
+        });
+        let p = tel.pending.lock().clone();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p["a"], t + TimeDelta::hours(1));
+    }
+}

@@ -508,6 +508,23 @@ async fn bad_eids_per_type() {
         assert_eq!(item["type"], json!("value_error"));
         assert!(item.get("input").is_none());
     }
+    let r = h.get("/entity/del_ttl_ip/010.1.1.1").await;
+    assert_eq!(
+        r.body["detail"][0]["msg"],
+        json!("Input is not a valid IPv4 address")
+    );
+    let r = h.get("/entity/del_weak_mac/aabbccddeeff").await;
+    assert!(
+        r.body["detail"][0]["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("Value error, "),
+        "{}",
+        r.text
+    );
+    // Normalised forms are accepted.
+    let r = h.get("/entity/del_weak_mac/AA-BB-CC-DD-EE-FF/master").await;
+    assert_eq!(r.status, StatusCode::OK);
     // Lax int parsing.
     let r = h.get("/entity/A/0012/master").await;
     assert_eq!(r.status, StatusCode::OK);
@@ -1013,6 +1030,7 @@ async fn routing_errors_and_redirects() {
     let r = h.send(Method::POST, "/entities", None).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.body, json!({"detail": "Method Not Allowed"}));
+    assert_eq!(r.headers[header::ALLOW], "GET");
     let r = h.send(Method::HEAD, "/", None).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     let r = h.send(Method::PUT, "/entity/A/1", None).await;

@@ -86,7 +86,15 @@ fn source(v2: bool) -> Source {
 
 /// Parse an eid text for an entity type, DP3's E2 error at `[source, "eid"]` on failure.
 fn parse_eid(et: &EntityType, raw: &str, src: Source) -> Result<Eid, ApiError> {
-    Eid::parse(et.spec.id_data_type, raw).map_err(|e| ApiError::dp3(src, "eid", e.msg))
+    Eid::parse(et.spec.id_data_type, raw).map_err(|e| {
+        // Pydantic prefixes messages of custom validators (the MAC one) with `Value error, `.
+        let msg = if e.kind == "value_error" && !e.msg.starts_with("Value error, ") {
+            format!("Value error, {}", e.msg)
+        } else {
+            e.msg
+        };
+        ApiError::dp3(src, "eid", msg)
+    })
 }
 
 /// Resolve `{etype}` and the eid (path in v1, required query parameter in v2).

@@ -5,6 +5,21 @@
 //! Build an [`AppState`] and serve [`router`]. Store calls are blocking and run on tokio's
 //! blocking pool; tasks go to the [`TaskSubmitter`] and a `200` for `/datapoints` means the
 //! tasks are durable.
+//!
+//! Deliberate differences from DP3 (everything else follows api.md):
+//! * `200` from `/datapoints`, `set`, `ttl` and `DELETE` means the tasks are durable; a full
+//!   queue is `503` with `Retry-After` instead of a request that blocks.
+//! * Unhandled errors are `500 {"detail": "Internal Server Error"}` (DP3: bare text), so every
+//!   error body has the `{"detail": ...}` shape. Body-size and datapoint-count limits are
+//!   `413 {"detail": ...}`.
+//! * DP3 bugs not reproduced: an invalid query operator in `/get` is `400 "Query is invalid:
+//!   ..."` as in `/count` (DP3: `500`); `ttl` with `{}` is a no-op `200` (DP3: `500`).
+//! * `POST /datapoints` and `ttl` without a Content-Type read the body as JSON (older
+//!   FastAPI); another non-JSON Content-Type gets FastAPI 0.165's `list_type`/`dict_type`.
+//! * v1 paths accept eids containing an encoded `/` (`%2F`); DP3 answers 404.
+//! * The datapoint logs hold JSON records (DP3: Python reprs), same line layout.
+//! * `X-Forwarded-For` is honoured only from a loopback peer (uvicorn's default trust).
+//! * `ROOT_PATH` is not needed: a reverse proxy strips its prefix.
 
 pub mod entity;
 pub mod error;
@@ -236,6 +251,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .fallback_service(api)
         .layer(axum::middleware::map_request(routing::reject_head))
+        .layer(axum::middleware::map_response(routing::allow_without_head))
         .layer(cors_layer(&settings.cors_allow_origins))
         .layer(axum::middleware::from_fn(routing::preflight_ok_body))
 }

@@ -129,6 +129,26 @@ pub async fn reject_head(mut req: Request) -> Request {
     req
 }
 
+/// Axum lists `HEAD` in `Allow` for GET routes, but we do not serve it: drop it there.
+pub async fn allow_without_head(mut resp: Response) -> Response {
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+        && let Some(allow) = resp
+            .headers()
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+    {
+        let methods: Vec<&str> = allow
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty() && *m != "HEAD")
+            .collect();
+        if let Ok(v) = HeaderValue::from_str(&methods.join(", ")) {
+            resp.headers_mut().insert(header::ALLOW, v);
+        }
+    }
+    resp
+}
+
 pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }

@@ -1211,3 +1211,89 @@ async fn openapi_and_docs() {
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.text.contains("swagger"), "{}", r.text);
 }
+
+#[tokio::test]
+async fn bad_values_per_data_type() {
+    let h = harness();
+    let t = "\"t1\":\"2026-01-01T00:00:00Z\"";
+    for (attr, v, extra, loc) in [
+        ("test_attr_tag", r#""xyz""#, "", json!(["body", 0, "v"])),
+        ("test_attr_int", "1.5", "", json!(["body", 0, "v"])),
+        ("test_attr_float", r#""xyz""#, "", json!(["body", 0, "v"])),
+        ("test_attr_string", "5", "", json!(["body", 0, "v"])),
+        (
+            "test_attr_ipv4",
+            r#""1.2.3.4/32""#,
+            "",
+            json!(["body", 0, "v"]),
+        ),
+        ("test_attr_ipv6", r#""xyz""#, "", json!(["body", 0, "v"])),
+        (
+            "test_attr_mac",
+            r#""aabbccddeeff""#,
+            "",
+            json!(["body", 0, "v"]),
+        ),
+        ("test_attr_time", r#""xyz""#, "", json!(["body", 0, "v"])),
+        (
+            "test_attr_category",
+            r#""cat3""#,
+            "",
+            json!(["body", 0, "v"]),
+        ),
+        (
+            "test_attr_array",
+            r#"["x"]"#,
+            "",
+            json!(["body", 0, "v", 0]),
+        ),
+        (
+            "test_attr_dict",
+            r#"{"key2":"a"}"#,
+            "",
+            json!(["body", 0, "v", "key1"]),
+        ),
+        (
+            "test_attr_link",
+            r#"{"id":"t"}"#,
+            "",
+            json!(["body", 0, "v", "eid"]),
+        ),
+        ("test_attr_history", "5", "", json!(["body", 0, "t1"])),
+        (
+            "test_attr_history",
+            "5",
+            &format!(",{t},\"c\":2"),
+            json!(["body", 0, "c"]),
+        ),
+        // A regular timeseries with a wrong t2. (Without t2, the model's validator computes
+        // it where DP3 rejects the datapoint: see dp3_model::validate::datapoint.)
+        (
+            "test_attr_timeseries",
+            r#"{"value":[1,2]}"#,
+            &format!(r#",{t},"t2":"2026-01-01T00:10:00Z""#),
+            json!(["body", 0]),
+        ),
+    ] {
+        let body =
+            format!(r#"[{{"type":"test_entity_type","id":"e","attr":"{attr}","v":{v}{extra}}}]"#);
+        let r = h.post_json("/datapoints", &body).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            r.text
+        );
+        assert_eq!(r.body["detail"][0]["loc"], loc, "{body}: {}", r.text);
+        assert!(
+            r.body["detail"][0]["input"].is_null() || r.body["detail"][0].get("input").is_some()
+        );
+    }
+    // The exact t2 makes the timeseries valid.
+    let ok = format!(
+        r#"[{{"type":"test_entity_type","id":"e","attr":"test_attr_timeseries","v":{{"value":[1,2]}},{t},"t2":"2026-01-01T00:20:00Z"}}]"#
+    );
+    let r = h.post_json("/datapoints", &ok).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(h.tasks().len(), 1);
+}

@@ -1,0 +1,142 @@
+//! Opening foreign, corrupted or incompatible files fails with `StoreError::Open` naming the
+//! file; reopening and concurrent opens of a real store work.
+
+use std::io::Write;
+
+use bson::Bson;
+use chrono::Utc;
+use dp3_model::Eid;
+use dp3_store::sqlite::SqliteStore;
+use dp3_store::{EntityWrite, Store, StoreError, WriteBatch, WriteOp};
+
+fn expect_open_error(path: &std::path::Path, needle: &str) {
+    match SqliteStore::open(path) {
+        Err(e @ StoreError::Open { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&path.display().to_string()),
+                "names the file: {msg}"
+            );
+            assert!(msg.contains(needle), "'{msg}' should mention '{needle}'");
+        }
+        Err(other) => panic!("expected Open error, got {other}"),
+        Ok(_) => panic!("{} must not open", path.display()),
+    }
+}
+
+#[test]
+fn random_bytes_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("garbage.db");
+    let mut f = std::fs::File::create(&path).expect("create");
+    let mut x = 0x1234_5678_9abc_def0u64;
+    let bytes: Vec<u8> = (0..16384)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    f.write_all(&bytes).expect("write");
+    drop(f);
+    expect_open_error(&path, "not a readable SQLite database");
+}
+
+#[test]
+fn foreign_sqlite_files_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("other-app.db");
+    let conn = rusqlite::Connection::open(&path).expect("sqlite");
+    conn.execute_batch("CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT);")
+        .expect("ddl");
+    drop(conn);
+    expect_open_error(&path, "customers");
+
+    let path = dir.path().join("other-id.db");
+    let conn = rusqlite::Connection::open(&path).expect("sqlite");
+    conn.execute_batch("PRAGMA application_id = 42; CREATE TABLE t(x);")
+        .expect("ddl");
+    drop(conn);
+    expect_open_error(&path, "application_id");
+}
+
+#[test]
+fn newer_schema_versions_and_missing_directories_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.db");
+    drop(SqliteStore::open(&path).expect("create"));
+    let conn = rusqlite::Connection::open(&path).expect("sqlite");
+    conn.execute_batch("PRAGMA user_version = 99;")
+        .expect("pragma");
+    drop(conn);
+    expect_open_error(&path, "schema version 99");
+    expect_open_error(&dir.path().join("missing/store.db"), "does not exist");
+}
+
+#[test]
+fn truncated_store_is_refused_or_reports_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.db");
+    {
+        let s = SqliteStore::open(&path).expect("create");
+        s.flush().expect("flush");
+    }
+    // keep the valid header page, replace the rest with junk
+    let mut bytes = std::fs::read(&path).expect("read");
+    for b in bytes.iter_mut().skip(100) {
+        *b = 0xA5;
+    }
+    std::fs::write(&path, &bytes).expect("write");
+    let _ = std::fs::remove_file(dir.path().join("store.db-wal"));
+    assert!(matches!(
+        SqliteStore::open(&path),
+        Err(StoreError::Open { .. })
+    ));
+}
+
+fn write_plain(store: &SqliteStore, eid: &str, attr: &str, v: i32) {
+    let mut w = EntityWrite::new("E", Eid::String(eid.into()));
+    w.plain.push((attr.into(), Bson::Int32(v), Utc::now()));
+    store
+        .apply(&WriteBatch {
+            ops: vec![WriteOp::Entity(w)],
+            ..Default::default()
+        })
+        .expect("apply");
+}
+
+#[test]
+fn two_handles_on_one_file_see_each_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shared.db");
+    let a = SqliteStore::open(&path).expect("open a");
+    let b = SqliteStore::open(&path).expect("open b");
+    write_plain(&a, "x", "from_a", 1);
+    write_plain(&b, "x", "from_b", 2);
+    // names interned by the other handle resolve correctly
+    let m = a
+        .get_master("E", &Eid::String("x".into()))
+        .expect("get")
+        .expect("some");
+    assert!(m.contains_key("from_a") && m.contains_key("from_b"), "{m}");
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let p = path.clone();
+            std::thread::spawn(move || {
+                let s = SqliteStore::open(&p).expect("open");
+                for i in 0..50 {
+                    write_plain(&s, &format!("t{t}-{i}"), &format!("attr{}", i % 3), i);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("writer thread");
+    }
+    assert_eq!(b.count_master("E").expect("count"), 201);
+    drop(a);
+    drop(b);
+    let again = SqliteStore::open(&path).expect("reopen");
+    assert_eq!(again.count_master("E").expect("count"), 201);
+}

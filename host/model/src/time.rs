@@ -15,7 +15,7 @@
 //! The parser is hand-written on bytes (this is on the ingestion hot path) and never panics:
 //! every out-of-range field is an error. Only years 1..=9999 are representable (as in Python).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Utc};
 
 /// Why a datetime input was rejected, in pydantic's vocabulary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -185,18 +185,6 @@ fn days_in_month(y: i64, m: u32) -> u32 {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 fn parse_iso(b: &[u8]) -> Result<DateTime<Utc>, DateTimeError> {
     let mut c = Cursor { b, pos: 0 };
     let year = i64::from(c.digits(4, "invalid character in year")?);
@@ -215,7 +203,6 @@ fn parse_iso(b: &[u8]) -> Result<DateTime<Utc>, DateTimeError> {
     if day == 0 || day > days_in_month(year, month) {
         return Err(DateTimeError::parse("day value is outside expected range"));
     }
-    let days = days_from_civil(year, month, day);
 
     let (mut secs_of_day, mut micros, mut offset_secs) = (0i64, 0i64, 0i64);
     match c.peek() {
@@ -275,8 +262,20 @@ fn parse_iso(b: &[u8]) -> Result<DateTime<Utc>, DateTimeError> {
             "unexpected extra characters at the end of the input",
         ));
     }
-    let total = (days * 86_400 + secs_of_day - offset_secs) * 1_000_000 + micros;
-    micros_to_datetime(Some(total)).map_err(|_| DateTimeError::parse("date is out of range"))
+    // Assembling from fields is cheaper than converting a timestamp back to a date.
+    let out_of_range = || DateTimeError::parse("date is out of range");
+    let date = NaiveDate::from_ymd_opt(year as i32, month, day).ok_or_else(out_of_range)?;
+    let time =
+        NaiveTime::from_num_seconds_from_midnight_opt(secs_of_day as u32, (micros * 1000) as u32)
+            .ok_or_else(out_of_range)?;
+    let mut local = NaiveDateTime::new(date, time);
+    if offset_secs != 0 {
+        local = local
+            .checked_sub_signed(TimeDelta::seconds(offset_secs))
+            .filter(|t| (1..=9999).contains(&t.year()))
+            .ok_or_else(out_of_range)?;
+    }
+    Ok(local.and_utc())
 }
 
 /// Optional zone designator; returns the offset east of UTC in seconds (0 for naive).

@@ -788,66 +788,118 @@ pub fn parse_api_datapoints(
         Ok(text) => text,
         Err(e) => return Err(vec![utf8_error(body, &e)]),
     };
-    let items: Vec<RawItem<'_>> = match serde_json::from_str(text) {
-        Ok(items) => items,
-        Err(e) => return Err(vec![body_error(body, &e)]),
+    let mut batch = Batch {
+        model,
+        body,
+        values: std::cell::OnceCell::new(),
+        lookup: AttrLookup::default(),
+        // ~one datapoint per 128 bytes avoids regrowing for typical bodies
+        out: Vec::with_capacity(body.len() / 128 + 1),
+        errors: Vec::new(),
     };
-    // Whole-item inputs are only needed for error reports; parse them lazily, once.
-    let values = std::cell::OnceCell::<Vec<Json>>::new();
-    let item_json = |i: usize| -> Json {
-        values
-            .get_or_init(|| serde_json::from_slice(body).unwrap_or_default())
-            .get(i)
-            .cloned()
-            .unwrap_or(Json::Null)
-    };
-    let mut out = Vec::with_capacity(items.len());
-    let mut errors = Vec::new();
-    let mut lookup = AttrLookup::default();
-    for (i, raw) in items.iter().enumerate() {
+    // Items are validated while the array is being parsed (no intermediate list).
+    let mut de = serde_json::Deserializer::from_str(text);
+    if let Err(e) =
+        de::DeserializeSeed::deserialize(BatchSeed(&mut batch), &mut de).and_then(|()| de.end())
+    {
+        return Err(vec![body_error(body, &e)]);
+    }
+    if batch.errors.is_empty() {
+        Ok(batch.out)
+    } else {
+        Err(batch.errors)
+    }
+}
+
+/// State of one `POST /datapoints` validation.
+struct Batch<'m, 'b> {
+    model: &'m ModelSpec,
+    body: &'b [u8],
+    /// Whole-item inputs are only needed for error reports; parsed lazily, once.
+    values: std::cell::OnceCell<Vec<Json>>,
+    lookup: AttrLookup<'m>,
+    out: Vec<DataPoint>,
+    errors: Vec<ValidationError>,
+}
+
+fn item_json(values: &std::cell::OnceCell<Vec<Json>>, body: &[u8], i: usize) -> Json {
+    values
+        .get_or_init(|| serde_json::from_slice(body).unwrap_or_default())
+        .get(i)
+        .cloned()
+        .unwrap_or(Json::Null)
+}
+
+impl Batch<'_, '_> {
+    fn process(&mut self, i: usize, raw: RawItem<'_>) {
         let prefix = [LocItem::from("body"), LocItem::from(i)];
+        let (values, body) = (&self.values, self.body);
         let RawItem::Object(f) = raw else {
-            errors.push(
+            self.errors.push(
                 ValidationError::new(
                     "model_attributes_type",
                     "Input should be a valid dictionary or object to extract fields from",
-                    item_json(i),
+                    item_json(values, body, i),
                 )
                 .at(prefix),
             );
-            continue;
+            return;
         };
-        let this_item = || item_json(i);
-        let env = match check_envelope(f, Naming::Api, &this_item) {
+        let this_item = || item_json(values, body, i);
+        let env = match check_envelope(&f, Naming::Api, &this_item) {
             Ok(env) => env,
             Err(es) => {
-                errors.extend(prefix_all(es, &prefix));
-                continue;
+                self.errors.extend(prefix_all(es, &prefix));
+                return;
             }
         };
-        let Some((eid_type, spec)) = lookup.find(model, &env.etype, &env.attr) else {
-            errors.push(
+        let Some((eid_type, spec)) = self.lookup.find(self.model, &env.etype, &env.attr) else {
+            self.errors.push(
                 ValidationError::value_error(
                     format!(
                         "Combination of type '{}' and attr '{}' doesn't exist",
                         env.etype, env.attr
                     ),
-                    item_json(i),
+                    this_item(),
                 )
                 .at(prefix),
             );
-            continue;
+            return;
         };
-        match validate_for_attr(model, eid_type, spec, env) {
-            Ok(dp) if errors.is_empty() => out.push(dp),
+        match validate_for_attr(self.model, eid_type, spec, env) {
+            // Once anything failed the request is rejected; stop collecting datapoints.
+            Ok(dp) if self.errors.is_empty() => self.out.push(dp),
             Ok(_) => {}
-            Err(es) => errors.extend(prefix_all(es, &prefix)),
+            Err(es) => self.errors.extend(prefix_all(es, &prefix)),
         }
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
+}
+
+/// Drives [`Batch::process`] over the elements of the top-level array.
+struct BatchSeed<'x, 'm, 'b>(&'x mut Batch<'m, 'b>);
+
+impl<'de> de::DeserializeSeed<'de> for BatchSeed<'_, '_, '_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BatchSeed<'_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of datapoints")
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<(), S::Error> {
+        let mut i = 0;
+        while let Some(item) = seq.next_element::<RawItem<'de>>()? {
+            self.0.process(i, item);
+            i += 1;
+        }
+        Ok(())
     }
 }
 

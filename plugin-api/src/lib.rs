@@ -24,6 +24,8 @@ pub mod host;
 pub mod testing;
 
 pub use bson;
+pub use chrono;
+pub use chrono::{DateTime, Utc};
 pub use bson::{Bson, Document, doc};
 pub use dp3_model as model;
 pub use dp3_model::value;

@@ -16,3 +16,6 @@ pub use registry::{
     SnapshotEntity, SnapshotUnit, UpdaterThread,
 };
 pub use stats::{BreakerSettings, HookId, HookStats, HookStatsSnapshot, ModuleHealth, StatsTable};
+
+#[cfg(test)]
+mod tests;

@@ -624,15 +624,16 @@ impl HookRegistry {
     fn accept<F>(&self, e: &Entry<F>, tasks: Vec<DataPointTask>, out: &mut Vec<DataPointTask>) -> Outcome {
         let mut outcome = Outcome::Ok;
         for t in tasks {
-            match self.check_task(&t) {
-                Ok(()) => {
+            let key = t.routing_key();
+            match self.check_task(t) {
+                Ok(t) => {
                     e.stats.created_tasks.fetch_add(1, Ordering::Relaxed);
                     out.push(t);
                 }
                 Err(reason) => {
                     e.stats.invalid_tasks.fetch_add(1, Ordering::Relaxed);
                     self.stats.module_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(module = %e.id.module, hook = %e.id, "hook returned an invalid task for {}: {reason}", t.routing_key());
+                    tracing::error!(module = %e.id.module, hook = %e.id, "hook returned an invalid task for {key}: {reason}");
                     outcome = Outcome::Failed;
                 }
             }
@@ -640,36 +641,10 @@ impl HookRegistry {
         outcome
     }
 
-    /// Validate an output task against the model.
-    ///
-    /// TODO(H2): call `dp3_model::validate::validate_task` here once it lands; until then
-    /// this checks the structure (entity type, attributes, datapoint etype/eid equal to the
-    /// task's, non-empty rule) but not value types.
-    pub fn check_task(&self, t: &DataPointTask) -> Result<(), String> {
-        let Some(et) = self.model.entity(&t.etype) else {
-            return Err(format!("entity type '{}' does not exist", t.etype));
-        };
-        if t.eid.eid_type() != et.spec.id_data_type {
-            return Err(format!("eid {} is not of type {}", t.eid, et.spec.id_data_type.name()));
-        }
-        if t.is_empty() {
-            return Err("the task carries no datapoints, TTL tokens or delete flag".into());
-        }
-        for (i, dp) in t.data_points.iter().enumerate() {
-            if dp.etype != t.etype || dp.eid != t.eid {
-                return Err(format!("data_points[{i}] is for {}:{}, not the task's entity", dp.etype, dp.eid));
-            }
-            let Some(spec) = et.attribs.get(&dp.attr) else {
-                return Err(format!("Attribute '{}' not found in entity '{}'", dp.attr, t.etype));
-            };
-            if spec.is_read_only() {
-                return Err(format!("attribute '{}' is read-only", dp.attr));
-            }
-            if spec.attr_type() != AttrType::Plain && dp.t1.is_none() {
-                return Err(format!("data_points[{i}] ({}) needs t1", dp.attr));
-            }
-        }
-        Ok(())
+    /// Validate (and normalise) an output task against the model, as tasks from the API are.
+    pub fn check_task(&self, t: DataPointTask) -> Result<DataPointTask, String> {
+        dp3_model::validate::validate_task(&self.model, t, dp3_model::validate::EmptyTasks::Reject)
+            .map_err(|e| e.to_string())
     }
 
     // ------------------------------------------------------------------ ingestion

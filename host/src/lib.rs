@@ -4,6 +4,12 @@
 //! `docs/ARCHITECTURE.md`.
 
 pub mod api;
+pub mod background;
 pub mod cli;
+pub mod clock;
+pub mod control;
+pub mod metrics;
+pub mod pipeline;
 pub mod plugins;
 pub mod queue;
+pub mod snapshot;

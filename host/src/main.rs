@@ -1,4 +1,5 @@
 use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
 
 /// DP3: the Dynamic Profile Processing Platform.
 #[derive(Parser)]
@@ -9,9 +10,27 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Validate a configuration directory: print a summary, or every error (exit status 1).
+    Check(dp3::cli::check::CheckArgs),
+    /// Run the whole platform in one process: HTTP API, workers, snapshots and background
+    /// jobs, on the embedded store.
+    Run(dp3::cli::run::RunArgs),
+    /// Generate load against a running dp3 and report throughput and latency.
+    Load(dp3::cli::load::LoadArgs),
+}
 
 fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Check(args) => dp3::cli::check::run(&args),
+        Command::Run(args) => dp3::cli::run::run(&args),
+        Command::Load(args) => dp3::cli::load::run(&args),
+    }
 }

@@ -1,1 +1,5 @@
 //! Command-line entry points.
+
+pub mod check;
+pub mod load;
+pub mod run;

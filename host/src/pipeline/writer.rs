@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bson::{Bson, Document, doc};
+use dp3_model::validate::EmptyTasks;
 use dp3_model::{DataPointTask, ModelSpec};
 use dp3_store::{Store, WriteBatch};
 use tracing::{error, warn};
@@ -168,51 +169,11 @@ pub(super) fn replay(shared: &Shared, committed: &State) -> Result<usize, Pipeli
     Ok(dispatched)
 }
 
-/// Check a hook-generated task against the model before it is queued: unknown entity
-/// types/attributes, mismatched datapoints and empty tasks are refused with a logged reason.
-fn check_generated(model: &ModelSpec, task: &DataPointTask) -> Result<(), String> {
-    let Some(entity) = model.entity(&task.etype) else {
-        return Err(format!("Invalid etype '{}'", task.etype));
-    };
-    if task.eid.eid_type() != entity.spec.id_data_type {
-        return Err(format!(
-            "eid '{}' is not of the entity's id type {}",
-            task.eid,
-            entity.spec.id_data_type.name()
-        ));
-    }
-    if task.is_empty() {
-        return Err(
-            "DataPointTask must contain at least one datapoint, non-empty ttl_tokens, or be a delete task."
-                .into(),
-        );
-    }
-    for (i, dp) in task.data_points.iter().enumerate() {
-        if dp.etype != task.etype || dp.eid != task.eid {
-            return Err(format!(
-                "data_points[{i}]: datapoint of '{}:{}' in a task of '{}'",
-                dp.etype,
-                dp.eid,
-                task.routing_key()
-            ));
-        }
-        match entity.attribs.get(&dp.attr) {
-            None => {
-                return Err(format!(
-                    "data_points[{i}]: Attribute '{}' not found in entity '{}'",
-                    dp.attr, task.etype
-                ));
-            }
-            Some(a) if a.is_read_only() => {
-                return Err(format!(
-                    "data_points[{i}]: attribute '{}' is read-only",
-                    dp.attr
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
+/// Validate and normalise a hook-generated task before it is queued: unknown entity
+/// types/attributes, mismatched datapoints, bad values and empty tasks are refused with a
+/// logged reason (the module's fault must not poison the queue).
+fn check_generated(model: &ModelSpec, task: DataPointTask) -> Result<DataPointTask, String> {
+    dp3_model::validate::validate_task(model, task, EmptyTasks::Reject).map_err(|e| e.to_string())
 }
 
 /// The writer loop.
@@ -238,10 +199,11 @@ pub(super) fn run(shared: &Shared, committed: State, stop: &AtomicBool) {
         // 1. Hook outputs become durable before the batch that produced them commits.
         let mut children = Vec::with_capacity(buf.children.len());
         for t in buf.children {
-            match check_generated(&shared.model, &t) {
-                Ok(()) => children.push(t),
+            let (etype, eid) = (t.etype.clone(), t.eid.clone());
+            match check_generated(&shared.model, t) {
+                Ok(t) => children.push(t),
                 Err(reason) => {
-                    warn!(etype = %t.etype, eid = %t.eid, %reason, "task returned by a hook refused");
+                    warn!(%etype, %eid, %reason, "task returned by a hook refused");
                     shared.stats.invalid_generated_tasks.inc();
                 }
             }

@@ -1,0 +1,219 @@
+//! Snapshot-run benchmark (issue: snapshots): 100,000 `host` entities, each with 5
+//! observation attributes of ~20 datapoints and one observation link to one of 1,000 `site`
+//! entities; a correlation hook reads the site's name through the link, so every host is
+//! snapshotted as part of a linked component. Prints entities per second and memory.
+//!
+//! Run: `cargo bench -p dp3 --bench snapshot_run` (env `DP3_BENCH_HOSTS` to change the size).
+//! The populated store is cached under `target/bench-data/` between runs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bson::{Bson, doc};
+use chrono::{TimeDelta, Utc};
+use dp3::clock::SystemClock;
+use dp3::queue::{Accepted, SubmitError, TaskSubmitter};
+use dp3::snapshot::SnapShooter;
+use dp3::snapshot::hooks::{SnapshotHooks, SnapshotHookSource};
+use dp3::snapshot::unit::Unit;
+use dp3_model::config::load_config_dir;
+use dp3_model::{DataPointTask, Eid, ModelSpec};
+use dp3_store::sqlite::SqliteStore;
+use dp3_store::{Creation, EntityWrite, HistoryItem, LinkKey, LinkOp, Store, WriteBatch, WriteOp};
+
+const ATTRS: [&str; 5] = ["cpu", "mem", "disk", "temp", "load"];
+
+fn write_config(dir: &Path) {
+    std::fs::create_dir_all(dir.join("db_entities")).unwrap();
+    std::fs::create_dir_all(dir.join("modules")).unwrap();
+    let mut host = String::from(
+        "entity: {id: host, name: Host, id_data_type: int, snapshot: true}\nattribs:\n",
+    );
+    for a in ATTRS {
+        host.push_str(&format!(
+            "  {a}: {{name: {a}, type: observations, data_type: float, history_params: {{pre_validity: 10m, post_validity: 10m}}}}\n"
+        ));
+    }
+    host.push_str("  site: {name: site, type: observations, data_type: link<site>, history_params: {post_validity: 1d}}\n");
+    host.push_str("  site_name: {name: site name, type: plain, data_type: string}\n");
+    std::fs::write(dir.join("db_entities/host.yml"), host).unwrap();
+    std::fs::write(
+        dir.join("db_entities/site.yml"),
+        "entity: {id: site, name: Site, snapshot: true}\nattribs:\n  name: {name: name, type: plain, data_type: string}\n",
+    )
+    .unwrap();
+    for (f, body) in [
+        ("database.yml", "backend: sqlite\n"),
+        (
+            "processing_core.yml",
+            "msg_broker: {}\nworker_processes: 1\nmodules_dir: modules\nenabled_modules: []\n",
+        ),
+        (
+            "history_manager.yml",
+            "aggregation_schedule: {minute: \"*/10\"}\ndatapoint_cleaning_schedule: {minute: \"*/30\"}\nsnapshot_cleaning: {schedule: {minute: \"15,45\"}, older_than: 7d}\ndatapoint_archivation: {schedule: {hour: 2, minute: 0}, older_than: 7d}\n",
+        ),
+        ("snapshots.yml", "creation_rate: {minute: \"*/30\"}\n"),
+        ("control.yml", "allowed_actions: [make_snapshots]\n"),
+        ("updater.yml", "update_batch_cron: {minute: \"*/5\", second: \"0\"}\nupdate_batch_period: 5m\n"),
+        ("event_logging.yml", "groups: {}\n"),
+        ("api.yml", "datapoint_logger: {good_log: false, bad_log: false}\n"),
+    ] {
+        std::fs::write(dir.join(f), body).unwrap();
+    }
+}
+
+fn populate(store: &dyn Store, hosts: i64, sites: i64) {
+    let now = Utc::now();
+    let mut batch = WriteBatch::default();
+    let flush = |b: &mut WriteBatch| {
+        store.apply(b).unwrap();
+        *b = WriteBatch::default();
+    };
+    for s in 0..sites {
+        let eid = Eid::String(format!("site{s}"));
+        let mut w = EntityWrite::new("site", eid.clone());
+        w.create = Some(Creation {
+            hash: eid.hash("site"),
+            time_created: now,
+        });
+        w.plain.push(("name".into(), Bson::String(format!("Site #{s}")), now));
+        batch.ops.push(WriteOp::Entity(w));
+    }
+    flush(&mut batch);
+    let started = Instant::now();
+    for h in 0..hosts {
+        let eid = Eid::Int(h);
+        let mut w = EntityWrite::new("host", eid.clone());
+        w.create = Some(Creation {
+            hash: eid.hash("host"),
+            time_created: now,
+        });
+        for a in ATTRS {
+            for i in 0..20 {
+                let t1 = now - TimeDelta::minutes(5 * (20 - i));
+                w.history.push((
+                    a.to_string(),
+                    HistoryItem {
+                        t1,
+                        t2: t1 + TimeDelta::minutes(5),
+                        v: Bson::Double((h * 7 + i) as f64 / 3.0),
+                        c: Some(0.9),
+                    },
+                ));
+            }
+        }
+        let site = Eid::String(format!("site{}", h % sites));
+        w.history.push((
+            "site".into(),
+            HistoryItem {
+                t1: now - TimeDelta::hours(1),
+                t2: now,
+                v: Bson::Document(doc! {"eid": site.to_bson()}),
+                c: Some(1.0),
+            },
+        ));
+        batch.ops.push(WriteOp::Entity(w));
+        batch.ops.push(WriteOp::Link(LinkOp::Upsert {
+            from: LinkKey::new("host", eid),
+            to: LinkKey::new("site", site),
+            using_attr: "host#site".into(),
+            ttl: now + TimeDelta::days(1),
+        }));
+        if batch.ops.len() >= 2000 {
+            flush(&mut batch);
+        }
+        if h > 0 && h % 20_000 == 0 {
+            eprintln!(
+                "  populated {h} hosts ({:.0} datapoints/s)",
+                (h * 101) as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    flush(&mut batch);
+}
+
+/// One correlation hook: `host.site_name := site.name` through the link.
+struct CopySiteName(Arc<ModelSpec>);
+
+impl SnapshotHooks for CopySiteName {
+    fn used_links(&self) -> Vec<(String, String)> {
+        vec![("host".into(), "site".into())]
+    }
+    fn correlate(&self, unit: &mut Unit) -> Vec<DataPointTask> {
+        let used = self.used_links();
+        for i in 0..unit.entities.len() {
+            if unit.entities[i].etype != "host" {
+                continue;
+            }
+            let mut view = unit.view(i, &self.0, &used, 1);
+            let name = view
+                .get_document("site")
+                .ok()
+                .and_then(|l| l.get_document("record").ok())
+                .and_then(|r| r.get_str("name").ok())
+                .map(str::to_owned);
+            if let Some(n) = name {
+                view.insert("site_name", n);
+            }
+            unit.store_view(i, view, &self.0);
+        }
+        Vec::new()
+    }
+}
+
+struct Sink;
+impl TaskSubmitter for Sink {
+    fn submit(&self, _tasks: Vec<DataPointTask>) -> Result<Accepted, SubmitError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = tx.send(Ok(()));
+        Ok(rx)
+    }
+}
+
+fn rss_mib() -> f64 {
+    dp3::metrics::resident_memory_bytes().unwrap_or(0) as f64 / 1048576.0
+}
+
+fn main() {
+    let hosts: i64 = std::env::var("DP3_BENCH_HOSTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let sites = (hosts / 100).max(1);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../target/bench-data/snapshots-{hosts}"));
+    let cfg_dir = root.join("config");
+    write_config(&cfg_dir);
+    let config = load_config_dir(&cfg_dir).unwrap_or_else(|e| panic!("{e}"));
+    let model = Arc::new(config.model);
+    let db = root.join("dp3.sqlite");
+    let fresh = !db.exists();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap());
+    if fresh {
+        eprintln!("populating {hosts} hosts and {sites} sites (cached in {})…", root.display());
+        populate(&*store, hosts, sites);
+    }
+    let hooks: Arc<dyn SnapshotHooks> = Arc::new(CopySiteName(model.clone()));
+    let source: Arc<dyn SnapshotHookSource> = Arc::new(hooks);
+    for threads in [1usize, 2] {
+        let shooter = SnapShooter::new(
+            model.clone(),
+            store.clone(),
+            source.clone(),
+            Arc::new(Sink),
+            Arc::new(SystemClock),
+            true,
+            threads,
+        );
+        let rss_before = rss_mib();
+        let report = shooter.run().unwrap();
+        let secs = report.duration.as_secs_f64();
+        println!(
+            "snapshot run, {threads} thread(s): {} entities ({} linked components) in {secs:.2} s = {:.0} entities/s; resident memory {rss_before:.0} MiB before, {:.0} MiB after",
+            report.entities,
+            report.components,
+            report.entities as f64 / secs,
+            rss_mib()
+        );
+    }
+}

@@ -19,6 +19,8 @@ use crate::types::MasterScan;
 /// The `entity` row: metadata of one master record.
 #[derive(Debug, Clone, Default)]
 pub struct EntityRow {
+    /// Small integer id referenced by history rows (assigned at creation).
+    pub id: i64,
     pub hash: Option<i64>,
     pub time_created: Option<i64>,
     pub revision: i64,
@@ -30,7 +32,7 @@ pub struct EntityRow {
 pub fn load_entity(conn: &Connection, et: i64, key: &[u8]) -> Result<Option<EntityRow>> {
     let row = conn
         .prepare_cached(
-            "SELECT hash, time_created, revision, ttl, min_t2s FROM entity \
+            "SELECT hash, time_created, revision, ttl, min_t2s, id FROM entity \
              WHERE etype = ?1 AND ekey = ?2",
         )
         .db()?
@@ -41,14 +43,16 @@ pub fn load_entity(conn: &Connection, et: i64, key: &[u8]) -> Result<Option<Enti
                 r.get::<_, i64>(2)?,
                 r.get::<_, Option<Vec<u8>>>(3)?,
                 r.get::<_, Option<Vec<u8>>>(4)?,
+                r.get::<_, i64>(5)?,
             ))
         })
         .optional()
         .db()?;
-    let Some((hash, time_created, revision, ttl, min_t2s)) = row else {
+    let Some((hash, time_created, revision, ttl, min_t2s, id)) = row else {
         return Ok(None);
     };
     Ok(Some(EntityRow {
+        id,
         hash,
         time_created,
         revision,
@@ -68,8 +72,8 @@ pub fn store_entity(conn: &Connection, et: i64, key: &[u8], row: &EntityRow) -> 
         Some(encode_doc(&row.min_t2s)?)
     };
     conn.prepare_cached(
-        "INSERT OR REPLACE INTO entity(etype, ekey, hash, time_created, revision, ttl, min_t2s) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT OR REPLACE INTO entity(etype, ekey, hash, time_created, revision, ttl, min_t2s, id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )
     .db()?
     .execute(params![
@@ -79,17 +83,18 @@ pub fn store_entity(conn: &Connection, et: i64, key: &[u8], row: &EntityRow) -> 
         row.time_created,
         row.revision,
         ttl,
-        min_t2s
+        min_t2s,
+        row.id
     ])
     .db()?;
     Ok(())
 }
 
 /// Minimum `t2` of the remaining history of one attribute (`None` when empty).
-pub fn min_t2(conn: &Connection, et: i64, key: &[u8], attr: i64) -> Result<Option<i64>> {
-    conn.prepare_cached("SELECT min(t2) FROM history WHERE etype = ?1 AND ekey = ?2 AND attr = ?3")
+pub fn min_t2(conn: &Connection, entity: i64, attr: i64) -> Result<Option<i64>> {
+    conn.prepare_cached("SELECT min(t2) FROM history WHERE entity = ?1 AND attr = ?2")
         .db()?
-        .query_row(params![et, key, attr], |r| r.get(0))
+        .query_row(params![entity, attr], |r| r.get(0))
         .db()
 }
 
@@ -97,12 +102,10 @@ pub fn min_t2(conn: &Connection, et: i64, key: &[u8], attr: i64) -> Result<Optio
 pub fn refresh_min_t2(
     conn: &Connection,
     row: &mut EntityRow,
-    et: i64,
-    key: &[u8],
     attr_id: i64,
     attr: &str,
 ) -> Result<()> {
-    match min_t2(conn, et, key, attr_id)? {
+    match min_t2(conn, row.id, attr_id)? {
         Some(t) => {
             row.min_t2s.insert(attr, bson_time(t));
         }
@@ -115,20 +118,17 @@ pub fn refresh_min_t2(
 
 pub fn insert_history(
     conn: &Connection,
-    et: i64,
-    key: &[u8],
+    entity: i64,
     attr: i64,
     seq: i64,
     item: &HistoryItem,
 ) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO history(etype, ekey, attr, seq, t1, t2, c, v) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO history(entity, attr, seq, t1, t2, c, v) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
     .db()?
     .execute(params![
-        et,
-        key,
+        entity,
         attr,
         seq,
         ms(item.t1),
@@ -142,19 +142,34 @@ pub fn insert_history(
 
 /// Read the global history sequence counter (arrival order across processes).
 pub fn load_seq(conn: &Connection) -> Result<i64> {
+    load_counter(conn, "history_seq")
+}
+
+pub fn store_seq(conn: &Connection, seq: i64) -> Result<()> {
+    store_counter(conn, "history_seq", seq)
+}
+
+/// A new entity row id (ids are never reused, so history rows cannot be mis-attributed).
+pub fn next_entity_id(conn: &Connection) -> Result<i64> {
+    let id = load_counter(conn, "entity_id")? + 1;
+    store_counter(conn, "entity_id", id)?;
+    Ok(id)
+}
+
+fn load_counter(conn: &Connection, name: &str) -> Result<i64> {
     Ok(conn
-        .prepare_cached("SELECT value FROM counter WHERE name = 'history_seq'")
+        .prepare_cached("SELECT value FROM counter WHERE name = ?1")
         .db()?
-        .query_row([], |r| r.get::<_, i64>(0))
+        .query_row([name], |r| r.get::<_, i64>(0))
         .optional()
         .db()?
         .unwrap_or(0))
 }
 
-pub fn store_seq(conn: &Connection, seq: i64) -> Result<()> {
-    conn.prepare_cached("INSERT OR REPLACE INTO counter(name, value) VALUES ('history_seq', ?1)")
+fn store_counter(conn: &Connection, name: &str, value: i64) -> Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO counter(name, value) VALUES (?1, ?2)")
         .db()?
-        .execute([seq])
+        .execute(params![name, value])
         .db()?;
     Ok(())
 }
@@ -220,11 +235,10 @@ fn assemble(
     {
         let mut stmt = conn
             .prepare_cached(
-                "SELECT attr, t1, t2, c, v FROM history WHERE etype = ?1 AND ekey = ?2 \
-                 ORDER BY attr, seq",
+                "SELECT attr, t1, t2, c, v FROM history WHERE entity = ?1 ORDER BY attr, seq",
             )
             .db()?;
-        let mut rows = stmt.query(params![et, key]).db()?;
+        let mut rows = stmt.query([row.id]).db()?;
         let mut current: Option<(i64, Vec<Bson>)> = None;
         let flush = |cur: Option<(i64, Vec<Bson>)>, attrs: &mut BTreeMap<String, Bson>| {
             if let Some((attr, items)) = cur {
@@ -386,15 +400,15 @@ pub fn replace_histories(
     let mut seq = load_seq(conn)?;
     for (attr, items) in histories {
         let at = names.require(conn, attr)?;
-        conn.prepare_cached("DELETE FROM history WHERE etype = ?1 AND ekey = ?2 AND attr = ?3")
+        conn.prepare_cached("DELETE FROM history WHERE entity = ?1 AND attr = ?2")
             .db()?
-            .execute(params![et, key, at])
+            .execute(params![row.id, at])
             .db()?;
         for item in items {
             seq += 1;
-            insert_history(conn, et, &key, at, seq, item)?;
+            insert_history(conn, row.id, at, seq, item)?;
         }
-        refresh_min_t2(conn, &mut row, et, &key, at, attr)?;
+        refresh_min_t2(conn, &mut row, at, attr)?;
     }
     store_seq(conn, seq)?;
     row.revision += 1;
@@ -437,13 +451,11 @@ pub fn delete_old_history(
         let Some(mut row) = load_entity(conn, et, &key)? else {
             continue;
         };
-        conn.prepare_cached(
-            "DELETE FROM history WHERE etype = ?1 AND ekey = ?2 AND attr = ?3 AND t2 < ?4",
-        )
-        .db()?
-        .execute(params![et, key, at, old])
-        .db()?;
-        refresh_min_t2(conn, &mut row, et, &key, at, attr)?;
+        conn.prepare_cached("DELETE FROM history WHERE entity = ?1 AND attr = ?2 AND t2 < ?3")
+            .db()?
+            .execute(params![row.id, at, old])
+            .db()?;
+        refresh_min_t2(conn, &mut row, at, attr)?;
         row.revision += 1;
         store_entity(conn, et, &key, &row)?;
         changed += 1;

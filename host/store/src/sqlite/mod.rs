@@ -98,8 +98,9 @@ impl SqliteStore {
             )));
         }
         conn.execute_batch(
-            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; \
-             PRAGMA temp_store = MEMORY; PRAGMA foreign_keys = OFF;",
+            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -131072; \
+             PRAGMA temp_store = MEMORY; PRAGMA foreign_keys = OFF; \
+             PRAGMA wal_autocheckpoint = 50000; PRAGMA journal_size_limit = 67108864;",
         )
         .map_err(|e| open_err(e.to_string()))?;
         conn.set_prepared_statement_cache_capacity(64);

@@ -109,7 +109,13 @@ fn apply_entity(
     }
     let existing = master::load_entity(conn, et, key)?;
     let created = existing.is_none();
-    let mut row = existing.unwrap_or_else(EntityRow::default);
+    let mut row = match existing {
+        Some(row) => row,
+        None => EntityRow {
+            id: master::next_entity_id(conn)?,
+            ..EntityRow::default()
+        },
+    };
     for w in writes {
         if let Some(c) = w.create {
             row.hash = Some(i64::from(c.hash));
@@ -127,7 +133,7 @@ fn apply_entity(
         for (attr, item) in &w.history {
             let at = names.require(conn, attr)?;
             *seq += 1;
-            master::insert_history(conn, et, key, at, *seq, item)?;
+            master::insert_history(conn, row.id, at, *seq, item)?;
             let t2 = ms(item.t2);
             let lower = match row.min_t2s.get(attr) {
                 Some(Bson::DateTime(cur)) => cur.timestamp_millis() > t2,
@@ -188,13 +194,19 @@ fn delete_entity(conn: &Connection, names: &Names, etype: &str, eid: &Eid) -> Re
     let key = eid_key(eid);
     let mut existed = false;
     if let Some(et) = names.id(conn, etype)? {
+        if let Some(row) = master::load_entity(conn, et, &key)? {
+            conn.prepare_cached("DELETE FROM history WHERE entity = ?1")
+                .db()?
+                .execute([row.id])
+                .db()?;
+        }
         existed = conn
             .prepare_cached("DELETE FROM entity WHERE etype = ?1 AND ekey = ?2")
             .db()?
             .execute(params![et, key])
             .db()?
             > 0;
-        for table in ["plain", "history", "snapshot", "snapshot_latest"] {
+        for table in ["plain", "snapshot", "snapshot_latest"] {
             conn.prepare_cached(&format!(
                 "DELETE FROM {table} WHERE etype = ?1 AND ekey = ?2"
             ))
@@ -242,11 +254,9 @@ fn remove_link_values(
     // observations: drop whole datapoints referencing the deleted eid
     let doomed: Vec<i64> = {
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT seq, v FROM history WHERE etype = ?1 AND ekey = ?2 AND attr = ?3",
-            )
+            .prepare_cached("SELECT seq, v FROM history WHERE entity = ?1 AND attr = ?2")
             .db()?;
-        let mut rows = stmt.query(params![et, key, at]).db()?;
+        let mut rows = stmt.query(params![row.id, at]).db()?;
         let mut out = Vec::new();
         while let Some(r) = rows.next().db()? {
             let v = super::codec::decode_value(&r.get::<_, Vec<u8>>(1).db()?, "history value")?;
@@ -257,15 +267,13 @@ fn remove_link_values(
         out
     };
     for s in &doomed {
-        conn.prepare_cached(
-            "DELETE FROM history WHERE etype = ?1 AND ekey = ?2 AND attr = ?3 AND seq = ?4",
-        )
-        .db()?
-        .execute(params![et, key, at, s])
-        .db()?;
+        conn.prepare_cached("DELETE FROM history WHERE seq = ?1")
+            .db()?
+            .execute([s])
+            .db()?;
     }
     if !doomed.is_empty() {
-        master::refresh_min_t2(conn, &mut row, et, key, at, attr)?;
+        master::refresh_min_t2(conn, &mut row, at, attr)?;
         changed = true;
     }
     // plain: unset a single link, filter an array/set of links

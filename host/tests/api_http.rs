@@ -1210,6 +1210,13 @@ async fn openapi_and_docs() {
     let r = h.get("/docs/").await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.text.contains("swagger"), "{}", r.text);
+    // The vendored UI loads our document and its assets from this server.
+    let r = h.get("/docs/swagger-initializer.js").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.text.contains("/openapi.json"), "{}", r.text);
+    let r = h.get("/docs/swagger-ui-bundle.js").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.text.len() > 100_000);
 }
 
 #[tokio::test]

@@ -385,7 +385,7 @@ pub fn trim_history<T: HasValidityEnd + Clone>(
         .collect();
     let current = kept
         .iter()
-        .filter(|i| !expire_time.is_some_and(|e| now > i.t2() + e))
+        .filter(|i| expire_time.is_none_or(|e| now <= i.t2() + e))
         .cloned()
         .collect();
     TrimmedHistory {

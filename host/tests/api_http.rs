@@ -265,7 +265,8 @@ async fn entities_in_readdir_order_with_dp3_attribute_shapes() {
                 .map(str::to_owned)
         })
         .collect();
-    assert_eq!(keys.len(), listed.len());
+    // Gotcha 2: raw readdir order, not sorted (entity ids equal file names in this config).
+    assert_eq!(keys, listed);
     let a = &r.body["A"];
     assert_eq!(a["id_data_type"], json!("int"));
     assert_eq!(

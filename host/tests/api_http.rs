@@ -1305,3 +1305,49 @@ async fn bad_values_per_data_type() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(h.tasks().len(), 1);
 }
+
+#[tokio::test]
+async fn over_a_real_socket() {
+    let h = harness();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = h.app.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let r = client.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = client
+        .head(format!("{base}/entities"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    // `set` without a Content-Type; the peer address becomes the source.
+    let r = client
+        .post(format!("{base}/entity/A/7/set/data1"))
+        .body(r#"{"value": "x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        h.tasks()[0].data_points[0].src.as_deref(),
+        Some("127.0.0.1 via API")
+    );
+    let r = client
+        .get(format!("{base}/entity/A/1/"))
+        .send()
+        .await
+        .unwrap();
+    // reqwest follows the 307 to the slash-less form.
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.url().path(), "/entity/A/1");
+    server.abort();
+}

@@ -1176,13 +1176,36 @@ async fn telemetry_endpoints() {
             "entities": 5, "components": 0, "workers_finished": 1, "linked_finished": true,
         })
         .unwrap();
+    // A newer run still in progress: latest, but not finished.
+    h.store
+        .insert_run_metadata(&doc! {
+            "_id": "SnapShooter2026-01-02T00:00:00.000000Zw0", "#module": "SnapShooter",
+            "#time_created": time(t0 + TimeDelta::days(1)), "#last_update": time(t0 + TimeDelta::days(1)),
+            "entities": 0, "components": 0, "workers_finished": 0, "linked_finished": false,
+        })
+        .unwrap();
     let r = h.get("/telemetry/snapshot_summary").await;
+    let latest = r.body["latest_age"].as_f64().unwrap();
+    let finished = r.body["finished_age"].as_f64().unwrap();
+    assert!((finished - latest - 86400.0).abs() < 5.0, "{}", r.text);
     assert_eq!(r.body["entities"], json!(5));
     assert_eq!(r.body["total_s"], json!(30.0));
     assert!(r.body["latest_age"].as_f64().unwrap() > 0.0);
     let r = h.get("/telemetry/metadata?module=SnapShooter").await;
-    assert_eq!(r.body.as_array().unwrap().len(), 1);
+    assert_eq!(r.body.as_array().unwrap().len(), 2);
+    assert_eq!(
+        r.body[0]["_id"],
+        json!("SnapShooter2026-01-02T00:00:00.000000Zw0")
+    );
     assert_eq!(r.body[0]["#module"], json!("SnapShooter"));
+    let r = h.get("/telemetry/metadata?sort=oldest&limit=1").await;
+    assert_eq!(r.body.as_array().unwrap().len(), 1);
+    assert_eq!(
+        r.body[0]["_id"],
+        json!("SnapShooter2026-01-01T00:00:00.000000Zw0")
+    );
+    let r = h.get("/telemetry/metadata?module=Nope").await;
+    assert_eq!(r.body, json!([]));
     let r = h.get("/telemetry/metadata?sort=sideways").await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
 

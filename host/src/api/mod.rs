@@ -81,6 +81,10 @@ pub struct ApiSettings {
     pub enabled_modules: Vec<String>,
     /// `processing_core.worker_processes`.
     pub worker_processes: u32,
+    /// `workers_finished` of a complete snapshot run (`/telemetry/snapshot_summary`). DP3's
+    /// workers each report, so it is `worker_processes` there; this host's snapshooter runs
+    /// a whole run in one process and reports 1.
+    pub snapshot_workers: u32,
     /// `control.allowed_actions` (the API only warns about others, as DP3's workers ignore
     /// them).
     pub allowed_control_actions: Vec<String>,
@@ -102,6 +106,7 @@ impl Default for ApiSettings {
             bad_log: None,
             enabled_modules: Vec::new(),
             worker_processes: 1,
+            snapshot_workers: 1,
             allowed_control_actions: Vec::new(),
             rabbitmq: None,
             body_limit: DEFAULT_BODY_LIMIT,
@@ -122,6 +127,7 @@ impl ApiSettings {
             bad_log: config.api.datapoint_logger.bad_log.clone(),
             enabled_modules: pc.enabled_modules.clone(),
             worker_processes: pc.worker_processes,
+            snapshot_workers: 1,
             allowed_control_actions: config
                 .control
                 .allowed_actions

@@ -181,7 +181,7 @@ pub async fn snapshot_summary(State(state): State<AppState>) -> JsonResult {
             })
         })
         .await?;
-    let workers = i64::from(state.settings.worker_processes);
+    let workers = i64::from(state.settings.snapshot_workers);
     let now = Utc::now();
     let age = |d: &Document| {
         d.get("#time_created")

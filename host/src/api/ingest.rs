@@ -52,17 +52,17 @@ pub fn is_json_content_type(headers: &HeaderMap) -> Option<bool> {
     Some(main == "application" && (sub == "json" || sub.ends_with("+json")))
 }
 
-/// A datapoint in the API's field names, for the good log.
-pub fn datapoint_api_json(dp: &DataPoint) -> Json {
+/// A datapoint as DP3's good log shows it (internal field names).
+pub fn datapoint_log_json(dp: &DataPoint) -> Json {
     json!({
-        "type": dp.etype,
-        "id": dp.eid.to_json(),
+        "etype": dp.etype,
+        "eid": dp.eid.to_json(),
         "attr": dp.attr,
+        "src": dp.src,
         "v": to_api_json(&dp.v),
+        "c": dp.c,
         "t1": dp.t1.as_ref().map(format_api_datetime),
         "t2": dp.t2.as_ref().map(format_api_datetime),
-        "c": dp.c,
-        "src": dp.src,
     })
 }
 
@@ -115,7 +115,7 @@ pub async fn post_datapoints(
         )));
     }
     let good_records: Vec<Json> = if state.logger.logs_good() {
-        datapoints.iter().map(datapoint_api_json).collect()
+        datapoints.iter().map(datapoint_log_json).collect()
     } else {
         Vec::new()
     };

@@ -17,7 +17,8 @@
 //! * `POST /datapoints` and `ttl` without a Content-Type read the body as JSON (older
 //!   FastAPI); another non-JSON Content-Type gets FastAPI 0.165's `list_type`/`dict_type`.
 //! * v1 paths accept eids containing an encoded `/` (`%2F`); DP3 answers 404.
-//! * The datapoint logs hold JSON records (DP3: Python reprs), same line layout.
+//! * The datapoint logs hold Python dict reprs of the API's JSON renderings (datetimes as
+//!   ISO strings, where DP3 prints `datetime.datetime(...)`).
 //! * `X-Forwarded-For` is honoured only from a loopback peer (uvicorn's default trust).
 //! * `ROOT_PATH` is not needed: a reverse proxy strips its prefix.
 

@@ -231,9 +231,10 @@ pub fn timeseries_history(attr: &AttrSpec, stored: Option<&Bson>, w: &Window) ->
         for i in 0..len {
             let bounds = match timeseries_type {
                 TimeseriesType::Regular => timeseries_params.time_step.and_then(|step| {
-                    let i = i32::try_from(i).ok()?;
-                    let start = row.t1 + step * i;
-                    Some((start, start + step))
+                    // Checked: chrono's operators panic on overflow.
+                    let offset = step.checked_mul(i32::try_from(i).ok()?)?;
+                    let start = row.t1.checked_add_signed(offset)?;
+                    Some((start, start.checked_add_signed(step)?))
                 }),
                 TimeseriesType::Irregular => {
                     column("time").get(i).and_then(as_time).map(|t| (t, t))

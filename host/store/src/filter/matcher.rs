@@ -448,10 +448,11 @@ fn resolve_value<'a>(v: &'a Bson, comps: &[String], out: &mut Vec<Option<&'a Bso
         Bson::Document(d) => resolve_in_doc(d, comps, out),
         Bson::Array(items) => {
             let before = out.len();
-            if !first.is_empty() && first.bytes().all(|b| b.is_ascii_digit()) {
-                if let Some(item) = first.parse::<usize>().ok().and_then(|i| items.get(i)) {
-                    resolve_value(item, &comps[1..], out);
-                }
+            if !first.is_empty()
+                && first.bytes().all(|b| b.is_ascii_digit())
+                && let Some(item) = first.parse::<usize>().ok().and_then(|i| items.get(i))
+            {
+                resolve_value(item, &comps[1..], out);
             }
             for item in items {
                 if let Bson::Document(d) = item {

@@ -68,10 +68,10 @@ fn cmp_int_float(i: i64, f: f64) -> Ordering {
         return Ordering::Greater;
     }
     // i64 -> f64 may round; compare exactly when the double is in i64 range.
-    if f >= 9.223_372_036_854_775_807e18 {
+    if f >= 9_223_372_036_854_775_808.0 {
         return Ordering::Less;
     }
-    if f < -9.223_372_036_854_775_808e18 {
+    if f < -9_223_372_036_854_775_808.0 {
         return Ordering::Greater;
     }
     let fi = f.trunc() as i64;

@@ -47,10 +47,10 @@ pub fn decode_doc(bytes: &[u8], what: &str) -> Result<Document> {
 
 /// Map a SQLite error to a store error (disk full gets its own variant).
 pub fn sql_err(e: rusqlite::Error) -> StoreError {
-    if let rusqlite::Error::SqliteFailure(f, _) = &e {
-        if f.code == rusqlite::ErrorCode::DiskFull {
-            return StoreError::Full(e.to_string());
-        }
+    if let rusqlite::Error::SqliteFailure(f, _) = &e
+        && f.code == rusqlite::ErrorCode::DiskFull
+    {
+        return StoreError::Full(e.to_string());
     }
     StoreError::backend("sqlite", e)
 }

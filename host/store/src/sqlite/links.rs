@@ -13,6 +13,9 @@ use crate::types::{LinkEntry, LinkKey, LinkOp};
 
 const NEVER: i64 = i64::MAX;
 
+/// `(from_etype, from_key, using_attr, to_etype, to_key, ttl)` as stored.
+type LinkRow = (String, Vec<u8>, String, String, Vec<u8>, i64);
+
 fn upsert(
     conn: &Connection,
     from: &LinkKey,
@@ -122,9 +125,7 @@ pub fn delete_entity_links(conn: &Connection, etype: &str, key: &[u8]) -> Result
     Ok(())
 }
 
-fn entry(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(String, Vec<u8>, String, String, Vec<u8>, i64)> {
+fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<LinkRow> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -135,7 +136,7 @@ fn entry(
     ))
 }
 
-fn to_entry(row: (String, Vec<u8>, String, String, Vec<u8>, i64)) -> Result<LinkEntry> {
+fn to_entry(row: LinkRow) -> Result<LinkEntry> {
     let (from_etype, from_key, using_attr, to_etype, to_key, ttl) = row;
     Ok(LinkEntry {
         from: LinkKey::new(

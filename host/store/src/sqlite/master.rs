@@ -29,13 +29,25 @@ pub struct EntityRow {
     pub min_t2s: Document,
 }
 
+pub const LOAD_ENTITY_SQL: &str = "SELECT hash, time_created, revision, ttl, min_t2s, id \
+     FROM entity WHERE etype = ?1 AND ekey = ?2";
+pub const STORE_ENTITY_SQL: &str = "INSERT OR REPLACE INTO \
+     entity(etype, ekey, hash, time_created, revision, ttl, min_t2s, id) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+pub const INSERT_HISTORY_SQL: &str =
+    "INSERT INTO history(entity, attr, seq, t1, t2, c, v) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
 pub fn load_entity(conn: &Connection, et: i64, key: &[u8]) -> Result<Option<EntityRow>> {
-    let row = conn
-        .prepare_cached(
-            "SELECT hash, time_created, revision, ttl, min_t2s, id FROM entity \
-             WHERE etype = ?1 AND ekey = ?2",
-        )
-        .db()?
+    load_entity_with(&mut *conn.prepare_cached(LOAD_ENTITY_SQL).db()?, et, key)
+}
+
+/// [`load_entity`] with a statement prepared from [`LOAD_ENTITY_SQL`] (hot path).
+pub fn load_entity_with(
+    stmt: &mut rusqlite::Statement<'_>,
+    et: i64,
+    key: &[u8],
+) -> Result<Option<EntityRow>> {
+    let row = stmt
         .query_row(params![et, key], |r| {
             Ok((
                 r.get::<_, Option<i64>>(0)?,
@@ -65,18 +77,28 @@ pub fn load_entity(conn: &Connection, et: i64, key: &[u8]) -> Result<Option<Enti
 }
 
 pub fn store_entity(conn: &Connection, et: i64, key: &[u8], row: &EntityRow) -> Result<()> {
+    store_entity_with(
+        &mut *conn.prepare_cached(STORE_ENTITY_SQL).db()?,
+        et,
+        key,
+        row,
+    )
+}
+
+/// [`store_entity`] with a statement prepared from [`STORE_ENTITY_SQL`] (hot path).
+pub fn store_entity_with(
+    stmt: &mut rusqlite::Statement<'_>,
+    et: i64,
+    key: &[u8],
+    row: &EntityRow,
+) -> Result<()> {
     let ttl = row.ttl.as_ref().map(encode_doc).transpose()?;
     let min_t2s = if row.min_t2s.is_empty() {
         None
     } else {
         Some(encode_doc(&row.min_t2s)?)
     };
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO entity(etype, ekey, hash, time_created, revision, ttl, min_t2s, id) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )
-    .db()?
-    .execute(params![
+    stmt.execute(params![
         et,
         key,
         row.hash,
@@ -123,11 +145,24 @@ pub fn insert_history(
     seq: i64,
     item: &HistoryItem,
 ) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO history(entity, attr, seq, t1, t2, c, v) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    insert_history_with(
+        &mut *conn.prepare_cached(INSERT_HISTORY_SQL).db()?,
+        entity,
+        attr,
+        seq,
+        item,
     )
-    .db()?
-    .execute(params![
+}
+
+/// [`insert_history`] with a statement prepared from [`INSERT_HISTORY_SQL`] (hot path).
+pub fn insert_history_with(
+    stmt: &mut rusqlite::Statement<'_>,
+    entity: i64,
+    attr: i64,
+    seq: i64,
+    item: &HistoryItem,
+) -> Result<()> {
+    stmt.execute(params![
         entity,
         attr,
         seq,
@@ -438,10 +473,10 @@ pub fn delete_old_history(
         let mut out = Vec::new();
         while let Some(r) = rows.next().db()? {
             let m = decode_doc(&r.get::<_, Vec<u8>>(1).db()?, "#min_t2s")?;
-            if let Some(Bson::DateTime(t)) = m.get(attr) {
-                if t.timestamp_millis() < old {
-                    out.push(r.get(0).db()?);
-                }
+            if let Some(Bson::DateTime(t)) = m.get(attr)
+                && t.timestamp_millis() < old
+            {
+                out.push(r.get(0).db()?);
             }
         }
         out

@@ -71,13 +71,13 @@ impl SqliteStore {
             path: path.to_owned(),
             reason,
         };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !parent.is_dir() {
-                return Err(open_err(format!(
-                    "directory {} does not exist",
-                    parent.display()
-                )));
-            }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            return Err(open_err(format!(
+                "directory {} does not exist",
+                parent.display()
+            )));
         }
         let mut conn = Connection::open_with_flags(
             path,

@@ -142,10 +142,10 @@ fn path_values<'a>(v: &'a Bson, comps: &[&str], out: &mut Vec<&'a Bson>) {
 fn sort_value(doc: &Document, path: &str, dir: i32) -> Bson {
     let comps: Vec<&str> = path.split('.').collect();
     let mut vals = Vec::new();
-    if let Some((first, rest)) = comps.split_first() {
-        if let Some(v) = doc.get(*first) {
-            path_values(v, rest, &mut vals);
-        }
+    if let Some((first, rest)) = comps.split_first()
+        && let Some(v) = doc.get(*first)
+    {
+        path_values(v, rest, &mut vals);
     }
     let best = if dir < 0 {
         vals.into_iter().max_by(|a, b| cmp_bson(a, b))
@@ -336,10 +336,10 @@ pub fn distinct_latest(
 ) -> Result<Vec<(Bson, u64)>> {
     let mut counts: BTreeMap<Ordered, u64> = BTreeMap::new();
     for_each_bucket(conn, names, etype, |bucket| {
-        if let Some(Bson::Document(last)) = bucket.get("last") {
-            if let Some(v) = last.get(attr) {
-                unwind(v, 0, &mut counts);
-            }
+        if let Some(Bson::Document(last)) = bucket.get("last")
+            && let Some(v) = last.get(attr)
+        {
+            unwind(v, 0, &mut counts);
         }
         Ok(true)
     })?;

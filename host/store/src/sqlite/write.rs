@@ -39,7 +39,46 @@ pub fn batch_names(batch: &WriteBatch) -> impl Iterator<Item = &str> {
     ops.chain(raw)
 }
 
+const INSERT_PLAIN_SQL: &str =
+    "INSERT OR REPLACE INTO plain(etype, ekey, attr, v, ts) VALUES (?1, ?2, ?3, ?4, ?5)";
+const INSERT_RAW_SQL: &str = "INSERT INTO raw(etype, ekey, attr, src, t1, t2, c, v) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+/// Statements of the hot path, prepared once per batch, and a per-batch memo of name ids
+/// (statement-cache and name-cache lookups per row were a measurable share of CPU time).
+struct Hot<'c> {
+    load_entity: rusqlite::CachedStatement<'c>,
+    store_entity: rusqlite::CachedStatement<'c>,
+    insert_history: rusqlite::CachedStatement<'c>,
+    insert_plain: rusqlite::CachedStatement<'c>,
+    insert_raw: rusqlite::CachedStatement<'c>,
+    names: Vec<(String, i64)>,
+}
+
+impl<'c> Hot<'c> {
+    fn new(conn: &'c Connection) -> Result<Self> {
+        Ok(Hot {
+            load_entity: conn.prepare_cached(master::LOAD_ENTITY_SQL).db()?,
+            store_entity: conn.prepare_cached(master::STORE_ENTITY_SQL).db()?,
+            insert_history: conn.prepare_cached(master::INSERT_HISTORY_SQL).db()?,
+            insert_plain: conn.prepare_cached(INSERT_PLAIN_SQL).db()?,
+            insert_raw: conn.prepare_cached(INSERT_RAW_SQL).db()?,
+            names: Vec::new(),
+        })
+    }
+
+    fn name(&mut self, conn: &Connection, names: &Names, name: &str) -> Result<i64> {
+        if let Some((_, id)) = self.names.iter().find(|(n, _)| n == name) {
+            return Ok(*id);
+        }
+        let id = names.require(conn, name)?;
+        self.names.push((name.to_owned(), id));
+        Ok(id)
+    }
+}
+
 pub fn apply(conn: &Connection, names: &Names, batch: &WriteBatch) -> Result<ApplyStats> {
+    let mut hot = Hot::new(conn)?;
     let mut stats = ApplyStats::default();
     let mut seq = master::load_seq(conn)?;
     let seq_before = seq;
@@ -51,7 +90,7 @@ pub fn apply(conn: &Connection, names: &Names, batch: &WriteBatch) -> Result<App
                 // A run of consecutive entity writes may be reordered across entities.
                 let mut run: Vec<(i64, Vec<u8>, &EntityWrite)> = Vec::new();
                 while let Some(WriteOp::Entity(w)) = ops.get(i) {
-                    run.push((names.require(conn, &w.etype)?, eid_key(&w.eid), w));
+                    run.push((hot.name(conn, names, &w.etype)?, eid_key(&w.eid), w));
                     i += 1;
                 }
                 run.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
@@ -66,7 +105,9 @@ pub fn apply(conn: &Connection, names: &Names, batch: &WriteBatch) -> Result<App
                     }
                     let (et, key) = (run[start].0, &run[start].1);
                     let writes: Vec<&EntityWrite> = run[start..end].iter().map(|r| r.2).collect();
-                    apply_entity(conn, names, et, key, &writes, &mut seq, &mut stats)?;
+                    apply_entity(
+                        conn, names, &mut hot, et, key, &writes, &mut seq, &mut stats,
+                    )?;
                     start = end;
                 }
             }
@@ -86,7 +127,7 @@ pub fn apply(conn: &Connection, names: &Names, batch: &WriteBatch) -> Result<App
         master::store_seq(conn, seq)?;
     }
     for dp in &batch.raw {
-        append_raw(conn, names, dp)?;
+        append_raw(conn, names, &mut hot, dp)?;
         stats.raw_datapoints += 1;
     }
     for (key, doc) in &batch.meta {
@@ -95,9 +136,11 @@ pub fn apply(conn: &Connection, names: &Names, batch: &WriteBatch) -> Result<App
     Ok(stats)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn apply_entity(
     conn: &Connection,
     names: &Names,
+    hot: &mut Hot<'_>,
     et: i64,
     key: &[u8],
     writes: &[&EntityWrite],
@@ -107,7 +150,7 @@ fn apply_entity(
     if writes.iter().all(|w| w.is_empty()) {
         return Ok(());
     }
-    let existing = master::load_entity(conn, et, key)?;
+    let existing = master::load_entity_with(&mut hot.load_entity, et, key)?;
     let created = existing.is_none();
     let mut row = match existing {
         Some(row) => row,
@@ -122,18 +165,15 @@ fn apply_entity(
             row.time_created = Some(ms(c.time_created));
         }
         for (attr, v, ts) in &w.plain {
-            let at = names.require(conn, attr)?;
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO plain(etype, ekey, attr, v, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .db()?
-            .execute(params![et, key, at, encode_value(v)?, ms(*ts)])
-            .db()?;
+            let at = hot.name(conn, names, attr)?;
+            hot.insert_plain
+                .execute(params![et, key, at, encode_value(v)?, ms(*ts)])
+                .db()?;
         }
         for (attr, item) in &w.history {
-            let at = names.require(conn, attr)?;
+            let at = hot.name(conn, names, attr)?;
             *seq += 1;
-            master::insert_history(conn, row.id, at, *seq, item)?;
+            master::insert_history_with(&mut hot.insert_history, row.id, at, *seq, item)?;
             let t2 = ms(item.t2);
             let lower = match row.min_t2s.get(attr) {
                 Some(Bson::DateTime(cur)) => cur.timestamp_millis() > t2,
@@ -158,7 +198,7 @@ fn apply_entity(
         }
     }
     row.revision += 1;
-    master::store_entity(conn, et, key, &row)?;
+    master::store_entity_with(&mut hot.store_entity, et, key, &row)?;
     stats.entities_written += 1;
     if created {
         stats.entities_created += 1;
@@ -166,25 +206,21 @@ fn apply_entity(
     Ok(())
 }
 
-fn append_raw(conn: &Connection, names: &Names, dp: &DataPoint) -> Result<()> {
-    let et = names.require(conn, &dp.etype)?;
-    let at = names.require(conn, &dp.attr)?;
-    conn.prepare_cached(
-        "INSERT INTO raw(etype, ekey, attr, src, t1, t2, c, v) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )
-    .db()?
-    .execute(params![
-        et,
-        eid_key(&dp.eid),
-        at,
-        dp.src,
-        dp.t1.map(ms),
-        dp.t2.map(ms),
-        dp.c,
-        encode_value(&dp.v)?
-    ])
-    .db()?;
+fn append_raw(conn: &Connection, names: &Names, hot: &mut Hot<'_>, dp: &DataPoint) -> Result<()> {
+    let et = hot.name(conn, names, &dp.etype)?;
+    let at = hot.name(conn, names, &dp.attr)?;
+    hot.insert_raw
+        .execute(params![
+            et,
+            eid_key(&dp.eid),
+            at,
+            dp.src,
+            dp.t1.map(ms),
+            dp.t2.map(ms),
+            dp.c,
+            encode_value(&dp.v)?
+        ])
+        .db()?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 //! module crates depend on this crate only. The binary interface (abi_stable) is private.
 
 mod abi;
+pub mod correlation;
 pub mod cron;
 mod error;
 pub mod hooks;
@@ -51,6 +52,7 @@ pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::abi::codec::through_codec_attr;
     pub use crate::abi::export::{AbiInfo, RootRef, __root_module};
     pub use abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
 }

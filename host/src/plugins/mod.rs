@@ -5,7 +5,8 @@
 //! worker threads (the executor, snapshot and updater threads), never on the async reactor:
 //! every dispatch method here is synchronous and may block for as long as a hook runs.
 
-pub mod correlation;
+/// Correlation paths and the dependency graph (shared with the module-test harness).
+pub use dp3_plugin_api::correlation;
 pub mod live;
 pub mod registry;
 pub mod stats;

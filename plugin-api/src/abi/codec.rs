@@ -231,6 +231,27 @@ pub fn decode_task(v: &TaskView<'_>) -> Result<DataPointTask, CodecError> {
     })
 }
 
+/// Wrap an `on_new_attr` closure so an in-process call performs exactly the conversions a
+/// call into a module library performs (datapoint to view and back, output tasks to views
+/// and back), without crossing a library boundary. The baseline of the boundary benchmark.
+#[doc(hidden)]
+pub fn through_codec_attr(hook: crate::hooks::AttrHookFn) -> crate::hooks::AttrHookFn {
+    std::sync::Arc::new(move |eid: &Eid, dp: &DataPoint| {
+        let mut s1 = [0; 16];
+        let mut s2 = [0; 16];
+        let mut value = Vec::with_capacity(64);
+        encode_value(&dp.v, &mut value)?;
+        let view = dp_view(dp, &mut s2, &value);
+        let ev = eid_view(eid, &mut s1);
+        let tasks = hook(&decode_eid(&ev)?, &decode_dp(&view)?)?;
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in &tasks {
+            out.push(with_task_view(t, decode_task)??);
+        }
+        Ok(out)
+    })
+}
+
 // ------------------------------------------------------------------------------ documents
 
 /// A whole document as BSON bytes (the standard document encoding).

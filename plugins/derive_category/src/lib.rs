@@ -94,3 +94,44 @@ impl Module for DeriveCategory {
 }
 
 export_module!(DeriveCategory);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dp3_plugin_api::testing::{DpMatch, ModuleTest, assert_datapoint};
+
+    fn harness() -> ModuleTest {
+        let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        ModuleTest::with_config_dir::<DeriveCategory>("derive_category", Some(&config), None).expect("module loads")
+    }
+
+    #[test]
+    fn registers_one_attribute_hook() {
+        let t = harness();
+        t.assert_registered_once("on_new_attr", Some("ip"), Some("open_ports"));
+        assert!(t.validation_errors().is_empty(), "{:?}", t.validation_errors());
+    }
+
+    #[test]
+    fn categorizes_ports_with_the_configured_rules() {
+        let t = harness();
+        for (port, category) in [(22, "server"), (631, "printer"), (4444, "unknown")] {
+            let dp = t.make_observation_datapoint("ip", "192.0.2.1", "open_ports", Bson::Int32(port), None).unwrap();
+            let tasks = t.run_on_new_attr("ip", "open_ports", &dp.eid, &dp).unwrap();
+            let out = assert_datapoint(&tasks, &DpMatch::attr("category").v(category));
+            assert_eq!(out.t1, dp.t1);
+            // the output is a valid task for the model
+            t.make_task("ip", "192.0.2.1", vec![out.clone()]).unwrap();
+        }
+    }
+
+    #[test]
+    fn refreshed_config_is_used() {
+        let t = harness();
+        let cfg = r#"{"rules": {"gateway": [22]}, "default": "other"}"#;
+        t.module.control.load_config(cfg).unwrap();
+        let dp = t.make_observation_datapoint("ip", "192.0.2.1", "open_ports", Bson::Int32(22), None).unwrap();
+        let tasks = t.run_on_new_attr("ip", "open_ports", &dp.eid, &dp).unwrap();
+        assert_datapoint(&tasks, &DpMatch::attr("category").v("gateway"));
+    }
+}

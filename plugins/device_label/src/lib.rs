@@ -71,3 +71,23 @@ impl Module for DeviceLabel {
 }
 
 export_module!(DeviceLabel);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dp3_plugin_api::doc;
+    use dp3_plugin_api::testing::{DpMatch, ModuleTest, assert_datapoint, assert_no_tasks};
+
+    #[test]
+    fn labels_devices_from_their_vendor() {
+        let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let t = ModuleTest::with_config_dir::<DeviceLabel>("device_label", Some(&config), None).unwrap();
+        assert!(t.validation_errors().is_empty(), "{:?}", t.validation_errors());
+        let eid = t.eid("device", "aa:bb:cc:dd:ee:ff").unwrap();
+        let tasks = t.run_periodic_update("device", &eid, &doc! {"vendor": {"v": "ACME"}}, Some("label_from_vendor")).unwrap();
+        assert_datapoint(&tasks, &DpMatch::attr("label").v("ACME"));
+        assert_no_tasks(&t.run_periodic_update("device", &eid, &doc! {"label": {"v": "x"}, "vendor": {"v": "ACME"}}, None).unwrap());
+        assert_no_tasks(&t.run_periodic_eid_update("device", &eid, None).unwrap());
+        assert_eq!(t.services.counters.lock().unwrap().len(), 1);
+    }
+}

@@ -69,3 +69,20 @@ fn chrono_now() -> dp3_plugin_api::DateTime<dp3_plugin_api::Utc> {
 }
 
 export_module!(FirstSeen);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dp3_plugin_api::testing::{DpMatch, ModuleTest, assert_datapoint};
+
+    #[test]
+    fn new_ips_get_first_seen() {
+        let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let t = ModuleTest::with_config_dir::<FirstSeen>("first_seen", Some(&config), None).unwrap();
+        assert!(t.validation_errors().is_empty());
+        let eid = t.eid("ip", "192.0.2.7").unwrap();
+        let tasks = t.run_on_entity_creation("ip", &eid, None).unwrap();
+        assert_datapoint(&tasks, &DpMatch::attr("first_seen").eid(eid));
+        t.make_task("ip", "192.0.2.7", tasks[0].data_points.clone()).unwrap();
+    }
+}

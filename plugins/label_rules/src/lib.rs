@@ -106,3 +106,26 @@ impl Module for LabelRules {
 }
 
 export_module!(LabelRules);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dp3_plugin_api::testing::{DpMatch, ModuleTest, assert_datapoint, assert_no_tasks};
+
+    #[test]
+    fn cron_job_reloads_rules_used_by_the_creation_hook() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules.txt");
+        std::fs::write(&rules, "aa:bb=lab printer\n").unwrap();
+        let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let cfg = serde_json::json!({"rules_file": rules, "reload_minute": "*/5"});
+        let t = ModuleTest::with_config_dir::<LabelRules>("label_rules", Some(&config), Some(cfg)).unwrap();
+        assert!(t.validation_errors().is_empty(), "{:?}", t.validation_errors());
+        let eid = t.eid("device", "aa:bb:cc:dd:ee:ff").unwrap();
+        assert_no_tasks(&t.run_on_entity_creation("device", &eid, None).unwrap());
+        t.run_scheduler_job("reload_rules").unwrap();
+        let tasks = t.run_on_entity_creation("device", &eid, None).unwrap();
+        assert_datapoint(&tasks, &DpMatch::attr("label").v("lab printer"));
+        assert!(parse_rules("bad line").is_err());
+    }
+}

@@ -53,3 +53,23 @@ impl Module for SubnetHostname {
 }
 
 export_module!(SubnetHostname);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dp3_plugin_api::doc;
+    use dp3_plugin_api::testing::{ModuleTest, assert_record_contains};
+
+    #[test]
+    fn copies_the_subnet_description_across_the_link() {
+        let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let t = ModuleTest::with_config_dir::<SubnetHostname>("subnet_hostname", Some(&config), Some(serde_json::json!({"prefix": "net-"}))).unwrap();
+        assert!(t.validation_errors().is_empty(), "{:?}", t.validation_errors());
+        let mut rec = doc! {"eid": "192.0.2.1", "subnet": {"eid": "s1", "record": {"eid": "s1", "description": "lab"}}};
+        t.run_correlation_hooks("ip", &mut rec, None).unwrap();
+        assert_record_contains(&rec, &doc! {"hostname": "net-lab"});
+        let mut named = doc! {"eid": "192.0.2.1", "hostname": "keep"};
+        t.run_correlation_hooks("ip", &mut named, None).unwrap();
+        assert_record_contains(&named, &doc! {"hostname": "keep"});
+    }
+}

@@ -141,6 +141,30 @@ mod tests {
         assert_eq!(eid_from_key(&[TAG_INT, 1]), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn int_keys_sort_numerically(a: i64, b: i64) {
+            proptest::prop_assert_eq!(eid_key(&Eid::Int(a)).cmp(&eid_key(&Eid::Int(b))), a.cmp(&b));
+            proptest::prop_assert_eq!(eid_from_key(&eid_key(&Eid::Int(a))), Some(Eid::Int(a)));
+        }
+
+        #[test]
+        fn string_keys_round_trip_and_sort_bytewise(a: String, b: String) {
+            let (ka, kb) = (eid_key(&Eid::String(a.clone())), eid_key(&Eid::String(b.clone())));
+            proptest::prop_assert_eq!(ka.cmp(&kb), a.as_bytes().cmp(b.as_bytes()));
+            proptest::prop_assert_eq!(eid_from_key(&ka), Some(Eid::String(a)));
+        }
+
+        #[test]
+        fn packed_ints_decode_back(i: i64) {
+            let p = pack_int(i);
+            // sign-extend big-endian two's complement
+            let mut buf = if p.first().is_some_and(|b| b & 0x80 != 0) { [0xff; 8] } else { [0; 8] };
+            buf[8 - p.len()..].copy_from_slice(&p);
+            proptest::prop_assert_eq!(i64::from_be_bytes(buf), i);
+        }
+    }
+
     #[test]
     fn int_packing_matches_dp3() {
         assert_eq!(pack_int(0), vec![0x00]);

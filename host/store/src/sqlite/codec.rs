@@ -20,16 +20,44 @@ pub fn chrono_time(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
-/// Encode one value as a one-field document `{v: value}` (BSON has no bare-value encoding).
+/// Encode one value compactly as a BSON element without its name: the type byte followed
+/// by the value bytes (the one-field document `{v: value}` minus its 4-byte length, the
+/// key `"v\0"` and the terminator; saves 7 bytes per stored value).
 pub fn encode_value(v: &Bson) -> Result<Vec<u8>> {
-    doc! {"v": v.clone()}
+    let doc = doc! {"v": v.clone()}
         .to_vec()
-        .map_err(|e| StoreError::InvalidQuery(format!("value cannot be encoded as BSON: {e}")))
+        .map_err(|e| StoreError::InvalidQuery(format!("value cannot be encoded as BSON: {e}")))?;
+    // layout: len(4) type(1) 'v' 0 value... 0
+    match doc.get(4..doc.len().saturating_sub(1)) {
+        Some(element) if element.len() >= 3 => {
+            let mut out = Vec::with_capacity(element.len() - 2);
+            out.push(element[0]);
+            out.extend_from_slice(&element[3..]);
+            Ok(out)
+        }
+        _ => Err(StoreError::InvalidQuery(
+            "value cannot be encoded as BSON".into(),
+        )),
+    }
 }
 
 /// Decode a value written by [`encode_value`].
 pub fn decode_value(bytes: &[u8], what: &str) -> Result<Bson> {
-    let d = decode_doc(bytes, what)?;
+    let (ty, value) = bytes.split_first().ok_or_else(|| StoreError::Corrupt {
+        what: what.to_owned(),
+        reason: "empty value".into(),
+    })?;
+    let len = u32::try_from(bytes.len() + 7).map_err(|_| StoreError::Corrupt {
+        what: what.to_owned(),
+        reason: "value too large".into(),
+    })?;
+    let mut doc = Vec::with_capacity(bytes.len() + 7);
+    doc.extend_from_slice(&len.to_le_bytes());
+    doc.push(*ty);
+    doc.extend_from_slice(b"v\0");
+    doc.extend_from_slice(value);
+    doc.push(0);
+    let d = decode_doc(&doc, what)?;
     Ok(d.get("v").cloned().unwrap_or(Bson::Null))
 }
 
@@ -62,5 +90,31 @@ pub trait SqlResultExt<T> {
 impl<T> SqlResultExt<T> for std::result::Result<T, rusqlite::Error> {
     fn db(self) -> Result<T> {
         self.map_err(sql_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_compactly() {
+        for v in [
+            Bson::Int32(5),
+            Bson::Int64(1 << 40),
+            Bson::Double(0.5),
+            Bson::String("x".into()),
+            Bson::Null,
+            Bson::Boolean(true),
+            Bson::Document(doc! {"eid": 1, "data": [1, 2]}),
+            Bson::Array(vec![Bson::Int32(1), Bson::String("a".into())]),
+            dp3_model::value::ipv4("1.2.3.4".parse().unwrap()),
+        ] {
+            let bytes = encode_value(&v).unwrap();
+            assert_eq!(decode_value(&bytes, "test").unwrap(), v);
+        }
+        assert_eq!(encode_value(&Bson::Int32(5)).unwrap().len(), 5);
+        assert!(decode_value(&[], "test").is_err());
+        assert!(decode_value(&[0x10, 1], "test").is_err());
     }
 }

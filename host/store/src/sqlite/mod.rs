@@ -325,7 +325,8 @@ impl Store for SqliteStore {
 
     fn flush(&self) -> Result<()> {
         let conn = lock(&self.writer);
-        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        // TRUNCATE also shrinks the WAL file (flush is called at shutdown).
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .db()
     }
 }

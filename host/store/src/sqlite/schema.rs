@@ -9,7 +9,7 @@ use crate::error::{Result, StoreError};
 /// `PRAGMA application_id` of a dp3-rs store ("DP3R").
 pub const APPLICATION_ID: i32 = 0x4450_3352;
 /// `PRAGMA user_version`: bump with a migration when the layout changes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// All tables. Per-entity tables are keyed `(etype, ekey, ...)` WITHOUT ROWID so one
 /// entity's rows are clustered, except `history`: its rows are appended in `seq` (arrival)

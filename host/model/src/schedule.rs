@@ -88,6 +88,38 @@ impl Default for CronFields {
     }
 }
 
+impl CronFields {
+    /// Builds the fields from `(name, expression)` pairs, e.g. the config model's
+    /// `CronExpression::field_exprs()` or a module's `scheduler_register` keyword arguments.
+    /// `None` expressions are skipped; unknown names are rejected.
+    pub fn from_named<'a>(
+        fields: impl IntoIterator<Item = (&'a str, Option<String>)>,
+        timezone: &str,
+    ) -> Result<CronFields, CronError> {
+        let mut out = CronFields {
+            timezone: timezone.to_string(),
+            ..CronFields::default()
+        };
+        for (name, expr) in fields {
+            let slot = match name {
+                "year" => &mut out.year,
+                "month" => &mut out.month,
+                "day" => &mut out.day,
+                "week" => &mut out.week,
+                "day_of_week" => &mut out.day_of_week,
+                "hour" => &mut out.hour,
+                "minute" => &mut out.minute,
+                "second" => &mut out.second,
+                other => return Err(CronError::UnknownField(other.to_string())),
+            };
+            if expr.is_some() {
+                *slot = expr;
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Why a cron schedule was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CronError {
@@ -99,6 +131,10 @@ pub enum CronError {
     },
     #[error("cron schedule: unknown time zone `{0}`")]
     UnknownTimezone(String),
+    #[error(
+        "cron schedule: unknown field `{0}` (expected year, month, day, week, day_of_week, hour, minute or second)"
+    )]
+    UnknownField(String),
 }
 
 /// The fields in APScheduler's order of significance.
@@ -1153,6 +1189,27 @@ mod tests {
     }
 
     #[test]
+    fn fields_from_named_pairs() {
+        let f = CronFields::from_named(
+            [
+                ("hour", Some("2".to_string())),
+                ("minute", None),
+                ("second", Some("30".into())),
+            ],
+            "Europe/Prague",
+        )
+        .expect("known fields");
+        assert_eq!(f.hour.as_deref(), Some("2"));
+        assert_eq!(f.minute, None);
+        assert_eq!(f.second.as_deref(), Some("30"));
+        assert_eq!(f.timezone, "Europe/Prague");
+        assert_eq!(
+            CronFields::from_named([("minutes", Some("5".to_string()))], "UTC"),
+            Err(CronError::UnknownField("minutes".into()))
+        );
+    }
+
+    #[test]
     fn far_future_is_fast() {
         // A schedule that only matches rarely must not be searched second by second.
         let s = sched(&[("month", "2"), ("day", "29"), ("day_of_week", "mon")]);
@@ -1160,6 +1217,16 @@ mod tests {
         assert_eq!(
             fires(&s, "2024-03-01T00:00:00Z", 1),
             ["2044-02-29T00:00:00+00:00"]
+        );
+        // Real-time (every-hour) schedules far away cross many DST changes.
+        let far = sched(&[
+            ("year", "2100"),
+            ("hour", "*"),
+            ("timezone", "Europe/Prague"),
+        ]);
+        assert_eq!(
+            fires(&far, "2024-03-01T00:00:00Z", 2),
+            ["2099-12-31T23:00:00+00:00", "2100-01-01T00:00:00+00:00"]
         );
         let never = sched(&[("week", "1"), ("month", "6")]);
         assert_eq!(never.next_after(utc("2024-01-01T00:00:00Z")), None);

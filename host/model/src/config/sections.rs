@@ -1065,13 +1065,12 @@ pub(crate) fn build(
 
     let snapshots = snapshots?;
     let database = database?;
-    if let (Some(d), true) = (
-        &database.connection,
-        database.backend == DatabaseBackend::Sqlite,
-    ) {
-        // Harmless (DP3 configs always have it), but say that it is not used.
-        let _ = d;
-        warnings.push("database.yml: connection is ignored with backend sqlite".into());
+    if database.connection.is_some() && database.backend == DatabaseBackend::Sqlite {
+        // Normal for a DP3 configuration directory; say that MongoDB is not being used.
+        warnings.push(
+            "database.yml: connection is ignored with backend sqlite (set `backend: mongodb` to use MongoDB)"
+                .into(),
+        );
     }
     Some(Config {
         config_dir: base.to_path_buf(),

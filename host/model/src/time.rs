@@ -140,11 +140,13 @@ struct Cursor<'a> {
 }
 
 impl Cursor<'_> {
+    #[inline]
     fn peek(&self) -> Option<u8> {
         self.b.get(self.pos).copied()
     }
 
     /// Exactly `n` ASCII digits as a number.
+    #[inline]
     fn digits(&mut self, n: usize, what: &'static str) -> Result<u32, DateTimeError> {
         let Some(chunk) = self.b.get(self.pos..self.pos + n) else {
             return Err(DateTimeError::parse("input is too short"));
@@ -160,6 +162,7 @@ impl Cursor<'_> {
         Ok(v)
     }
 
+    #[inline]
     fn expect(&mut self, c: u8, what: &'static str) -> Result<(), DateTimeError> {
         match self.peek() {
             Some(x) if x == c => {

@@ -91,6 +91,31 @@ pub(crate) struct RawFields<'a> {
     src: Option<&'a RawValue>,
 }
 
+/// Split a datapoint object into its fields (a later duplicate key wins).
+fn read_fields<'de: 'a, 'a, M: MapAccess<'de>>(mut map: M) -> Result<RawFields<'a>, M::Error> {
+    let mut f = RawFields::default();
+    while let Some(key) = map.next_key::<FieldKey>()? {
+        let slot = match key {
+            FieldKey::Type => &mut f.type_,
+            FieldKey::Id => &mut f.id,
+            FieldKey::Etype => &mut f.etype,
+            FieldKey::Eid => &mut f.eid,
+            FieldKey::Attr => &mut f.attr,
+            FieldKey::V => &mut f.v,
+            FieldKey::T1 => &mut f.t1,
+            FieldKey::T2 => &mut f.t2,
+            FieldKey::C => &mut f.c,
+            FieldKey::Src => &mut f.src,
+            FieldKey::Other => {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+        };
+        *slot = Some(map.next_value::<&'a RawValue>()?);
+    }
+    Ok(f)
+}
+
 /// One element of a datapoint list: an object, or anything else (an error later).
 pub(crate) enum RawItem<'a> {
     Object(RawFields<'a>),
@@ -105,28 +130,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawItem<'a> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON value")
             }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<RawItem<'a>, M::Error> {
-                let mut f = RawFields::default();
-                while let Some(key) = map.next_key::<FieldKey>()? {
-                    let slot = match key {
-                        FieldKey::Type => &mut f.type_,
-                        FieldKey::Id => &mut f.id,
-                        FieldKey::Etype => &mut f.etype,
-                        FieldKey::Eid => &mut f.eid,
-                        FieldKey::Attr => &mut f.attr,
-                        FieldKey::V => &mut f.v,
-                        FieldKey::T1 => &mut f.t1,
-                        FieldKey::T2 => &mut f.t2,
-                        FieldKey::C => &mut f.c,
-                        FieldKey::Src => &mut f.src,
-                        FieldKey::Other => {
-                            map.next_value::<IgnoredAny>()?;
-                            continue;
-                        }
-                    };
-                    *slot = Some(map.next_value::<&'a RawValue>()?);
-                }
-                Ok(RawItem::Object(f))
+            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<RawItem<'a>, M::Error> {
+                read_fields(map).map(RawItem::Object)
             }
             fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<RawItem<'a>, S::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
@@ -831,10 +836,11 @@ fn item_json(values: &std::cell::OnceCell<Vec<Json>>, body: &[u8], i: usize) -> 
 }
 
 impl Batch<'_, '_> {
-    fn process(&mut self, i: usize, raw: RawItem<'_>) {
+    /// Validate item `i`; `None` when the item is not an object.
+    fn process(&mut self, i: usize, fields: Option<&RawFields<'_>>) {
         let prefix = [LocItem::from("body"), LocItem::from(i)];
         let (values, body) = (&self.values, self.body);
-        let RawItem::Object(f) = raw else {
+        let Some(f) = fields else {
             self.errors.push(
                 ValidationError::new(
                     "model_attributes_type",
@@ -846,7 +852,7 @@ impl Batch<'_, '_> {
             return;
         };
         let this_item = || item_json(values, body, i);
-        let env = match check_envelope(&f, Naming::Api, &this_item) {
+        let env = match check_envelope(f, Naming::Api, &this_item) {
             Ok(env) => env,
             Err(es) => {
                 self.errors.extend(prefix_all(es, &prefix));
@@ -895,10 +901,80 @@ impl<'de> Visitor<'de> for BatchSeed<'_, '_, '_> {
 
     fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<(), S::Error> {
         let mut i = 0;
-        while let Some(item) = seq.next_element::<RawItem<'de>>()? {
-            self.0.process(i, item);
+        while seq
+            .next_element_seed(ItemSeed {
+                batch: &mut *self.0,
+                i,
+            })?
+            .is_some()
+        {
             i += 1;
         }
+        Ok(())
+    }
+}
+
+/// Validates one element of the array in place (the fields never leave the parser's stack
+/// frame, which saves copying them around).
+struct ItemSeed<'x, 'm, 'b> {
+    batch: &'x mut Batch<'m, 'b>,
+    i: usize,
+}
+
+impl<'de> de::DeserializeSeed<'de> for ItemSeed<'_, '_, '_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ItemSeed<'_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a datapoint object")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<(), M::Error> {
+        let fields = read_fields(map)?;
+        self.batch.process(self.i, Some(&fields));
+        Ok(())
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<(), S::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        self.batch.process(self.i, None);
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        self.batch.process(self.i, None);
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        self.batch.process(self.i, None);
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        self.batch.process(self.i, None);
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.batch.process(self.i, None);
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        self.batch.process(self.i, None);
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.batch.process(self.i, None);
         Ok(())
     }
 }

@@ -13,3 +13,4 @@ pub mod pipeline;
 pub mod plugins;
 pub mod queue;
 pub mod snapshot;
+pub mod wiring;

@@ -114,3 +114,39 @@ impl MetricsSource for EntityCounts {
         }
     }
 }
+
+/// Per-hook telemetry (DP3's hook metrics: executions, failures, duration, created tasks,
+/// decisions) and modules' own metrics, labelled by family/module/hook/context.
+pub struct HookMetrics {
+    pub stats: Arc<crate::plugins::StatsTable>,
+    pub live: Arc<crate::plugins::LiveHooks>,
+    pub module_values: Arc<dp3_plugin_api::host::ModuleMetricValues>,
+}
+
+impl MetricsSource for HookMetrics {
+    fn record(&self) {
+        for (id, s) in self.stats.snapshot() {
+            let labels = [
+                ("family", id.family.to_owned()),
+                ("module", id.module.clone()),
+                ("hook", id.name.clone()),
+                ("context", id.context.join(",")),
+            ];
+            let c = |name: &'static str, v: u64| metrics::counter!(name, &labels).absolute(v);
+            c("dp3_hook_executions_total", s.executions);
+            c("dp3_hook_failures_total", s.failures);
+            c("dp3_hook_panics_total", s.panics);
+            c("dp3_hook_duration_ns_total", s.duration_ns);
+            c("dp3_hook_created_tasks_total", s.created_tasks);
+            c("dp3_hook_refused_tasks_total", s.invalid_tasks);
+            c("dp3_hook_decisions_allowed_total", s.decisions_allowed);
+            c("dp3_hook_decisions_denied_total", s.decisions_denied);
+        }
+        for m in self.live.load().disabled_modules() {
+            metrics::gauge!("dp3_module_disabled", "module" => m).set(1.0);
+        }
+        for ((module, name), v) in self.module_values.snapshot() {
+            metrics::gauge!("dp3_module_metric", "module" => module, "name" => name).set(v);
+        }
+    }
+}

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -16,13 +17,22 @@ use crate::api::{self, ApiSettings, AppState};
 use crate::background::scheduler::{Scheduler, schedule_of};
 use crate::clock::{Clock, SystemClock};
 use crate::control::Control;
-use crate::metrics::{EntityCounts, MetricsState, PipelineMetrics};
+use crate::metrics::{EntityCounts, HookMetrics, MetricsState, PipelineMetrics};
+use crate::background::jobs::{BackgroundDeps, register_jobs};
+use crate::background::scheduler::JobFn;
+use crate::background::submit::submit_all;
+use crate::background::telemetry::SourceTelemetry;
 use crate::pipeline::executor::HookSource;
-use crate::pipeline::hooks::{IngestionHooks, NoHooks};
 use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::plugins::{ModuleLoader, ModuleSource, RegistrySettings};
+use crate::snapshot::components::scan_partition;
+use crate::wiring::LiveHookSource;
+use dp3_model::schedule::{CronFields, CronSchedule};
+use dp3_model::{DataPointTask, Eid};
+use dp3_plugin_api::PlatformConfig;
+use dp3_plugin_api::host::TracingServices;
 use crate::queue::ControlAction;
 use crate::queue::accept_log::AcceptLog;
-use crate::snapshot::hooks::{NoSnapshotHooks, SnapshotHooks};
 use crate::snapshot::{SnapShooter, SnapshotError};
 
 /// Options of `dp3 run` (flags win over the configuration files).
@@ -74,9 +84,61 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let model = Arc::new(config.model.clone());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
-    let hooks: Arc<dyn IngestionHooks> = Arc::new(NoHooks);
-    let hook_source: Arc<dyn HookSource> = Arc::new(hooks);
     let pc = &config.processing_core;
+
+    // Modules: load every enabled module (startup fails listing every problem), then watch
+    // the modules directory and the module configs for hot reload / config refresh.
+    let services = TracingServices::default();
+    let module_values = services.metrics.clone();
+    let loader = Arc::new(ModuleLoader::new(
+        model.clone(),
+        RegistrySettings {
+            update_batch_period: config.updater.update_batch_period.to_std().ok(),
+            ..RegistrySettings::default()
+        },
+        ModuleSource {
+            modules_dir: pc.modules_dir.clone(),
+            enabled_modules: pc.enabled_modules.clone(),
+            config_dir: config.config_dir.clone(),
+            state_dir: args.data.clone(),
+            platform: PlatformConfig {
+                app_name: app_name(),
+                config_dir: config.config_dir.clone(),
+                num_processes: pc.worker_processes,
+                process_index: 0,
+            },
+            services: Arc::new(services),
+            check_permissions: true,
+            max_generations: 16,
+        },
+    ));
+    loader.load_all().map_err(|errors| {
+        anyhow::anyhow!(
+            "modules could not be loaded:\n{}",
+            errors
+                .iter()
+                .map(|e| format!("  {e}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    let _watcher = if pc.enabled_modules.is_empty() {
+        None
+    } else {
+        match loader.watch(Duration::from_millis(500)) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!("hot reload disabled: {e}");
+                None
+            }
+        }
+    };
+    let telemetry = Arc::new(SourceTelemetry::new());
+    let hooks = LiveHookSource {
+        live: loader.live().clone(),
+        telemetry: Some(telemetry.clone()),
+    };
+
     let pipeline = Arc::new(Pipeline::start(
         PipelineConfig {
             shards: pc.worker_processes,
@@ -87,15 +149,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         model.clone(),
         store.clone(),
         accept_log,
-        hook_source,
+        Arc::new(hooks.clone()),
         clock.clone(),
     )?);
 
-    let snapshot_hooks: Arc<dyn SnapshotHooks> = Arc::new(NoSnapshotHooks);
     let snapshooter = Arc::new(SnapShooter::new(
         model.clone(),
         store.clone(),
-        Arc::new(snapshot_hooks),
+        Arc::new(hooks.clone()),
         pipeline.clone(),
         clock.clone(),
         config.snapshots.keep_empty,
@@ -111,9 +172,29 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             Arc::new(move || run_snapshots(&shooter)),
         );
     }
+    let background = register_jobs(
+        &scheduler,
+        &config,
+        BackgroundDeps {
+            store: store.clone(),
+            submitter: pipeline.clone(),
+            clock: clock.clone(),
+            updater_hooks: Arc::new(hooks.clone()),
+            telemetry,
+        },
+    )?;
+    let stopping = Arc::new(AtomicBool::new(false));
+    register_module_jobs(&scheduler, &loader, &pipeline, &stopping);
 
     let control = {
         let shooter = snapshooter.clone();
+        let loader = loader.clone();
+        let refresher = EntityRefresher {
+            store: store.clone(),
+            hooks: hooks.clone(),
+            submitter: pipeline.clone(),
+            stop: stopping.clone(),
+        };
         Arc::new(Control::start(
             config
                 .control
@@ -123,7 +204,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 .collect(),
             Arc::new(move |action: &ControlAction| match action {
                 ControlAction::MakeSnapshots => run_snapshots(&shooter),
-                other => warn!(action = other.name(), "control action has no handler yet"),
+                ControlAction::RefreshModuleConfig { module } => {
+                    match loader.refresh_config(module) {
+                        Ok(()) => info!(%module, "module configuration refreshed"),
+                        Err(e) => warn!("refresh_module_config failed: {e}"),
+                    }
+                }
+                ControlAction::RefreshOnEntityCreation { etype } => refresher.run(etype),
             }),
         )?)
     };
@@ -139,6 +226,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 model: model.clone(),
                 store: store.clone(),
             }),
+            Arc::new(HookMetrics {
+                stats: loader.stats().clone(),
+                live: loader.live().clone(),
+                module_values,
+            }),
         ])?
     };
     scheduler.start()?;
@@ -146,7 +238,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let listen = listen_address(args, &config)?;
     let state = AppState::new(
         model,
-        api_settings(&config),
+        // One process, no broker: the RabbitMQ telemetry endpoint answers 503.
+        ApiSettings {
+            rabbitmq: None,
+            ..ApiSettings::from_config(&config, &app_name())
+        },
         store.clone(),
         pipeline.clone(),
         control.clone(),
@@ -178,9 +274,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     })?;
 
     info!("stopping: draining the queues");
+    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    background.stop();
     scheduler.stop(Duration::from_secs(args.shutdown_timeout_secs));
     control.stop();
     let drained = pipeline.shutdown(Duration::from_secs(args.shutdown_timeout_secs));
+    loader.stop_all();
     if drained {
         info!("stopped cleanly");
     } else {
@@ -197,27 +296,6 @@ fn listen_address(args: &RunArgs, config: &Config) -> anyhow::Result<SocketAddr>
         .unwrap_or_else(|| "127.0.0.1:5000".to_owned());
     text.parse()
         .with_context(|| format!("invalid listen address '{text}' (expected e.g. 127.0.0.1:5000)"))
-}
-
-/// The API's view of the configuration.
-pub fn api_settings(config: &Config) -> ApiSettings {
-    let pc = &config.processing_core;
-    ApiSettings {
-        app_name: std::env::var("APP_NAME").unwrap_or_else(|_| "dp3".into()),
-        cors_allow_origins: config.api.cors.allow_origins.clone(),
-        good_log: config.api.datapoint_logger.good_log.clone(),
-        bad_log: config.api.datapoint_logger.bad_log.clone(),
-        enabled_modules: pc.enabled_modules.clone(),
-        worker_processes: pc.worker_processes,
-        allowed_control_actions: config
-            .control
-            .allowed_actions
-            .iter()
-            .map(|a| a.name().to_owned())
-            .collect(),
-        rabbitmq: None,
-        ..ApiSettings::default()
-    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -241,6 +319,102 @@ async fn shutdown_signal() {
         () = term => {},
     }
     info!("shutdown signal received");
+}
+
+/// `APP_NAME` (DP3's prefix of RabbitMQ names), default `dp3`.
+fn app_name() -> String {
+    std::env::var("APP_NAME").unwrap_or_else(|_| "dp3".into())
+}
+
+/// Modules' `scheduler_register` jobs of the generation loaded at start. Their outputs are
+/// submitted as normal tasks (DP3 offers no task path for cron jobs; we do).
+fn register_module_jobs(
+    scheduler: &Scheduler,
+    loader: &ModuleLoader,
+    submitter: &Arc<Pipeline>,
+    stop: &Arc<AtomicBool>,
+) {
+    for job in loader.live().load().scheduler_jobs() {
+        let name = format!("{}.{}", job.module, job.name);
+        let run = job.run.clone();
+        let (submitter, stop) = (submitter.clone(), stop.clone());
+        let body: JobFn = Arc::new(move || {
+            let tasks = run();
+            if let Err(e) = submit_all(&*submitter, tasks, &stop) {
+                warn!(error = %e, "outputs of a module job were not queued");
+            }
+        });
+        match job.schedule {
+            Some(c) => {
+                let fields = CronFields {
+                    year: c.year,
+                    month: c.month,
+                    day: c.day,
+                    week: c.week,
+                    day_of_week: c.day_of_week,
+                    hour: c.hour,
+                    minute: c.minute,
+                    second: c.second,
+                    timezone: c.timezone,
+                };
+                match CronSchedule::parse(&fields) {
+                    Ok(schedule) => {
+                        scheduler.add_with_grace(
+                            name,
+                            schedule,
+                            body,
+                            chrono::TimeDelta::from_std(job.misfire_grace_time)
+                                .unwrap_or(chrono::TimeDelta::seconds(1)),
+                        );
+                    }
+                    Err(e) => warn!(job = %name, error = %e, "module job not scheduled"),
+                }
+            }
+            None => {
+                // run once at start
+                std::thread::spawn(move || body());
+            }
+        }
+    }
+}
+
+/// `refresh_on_entity_creation` (core.md §7): re-run the creation hooks of every entity of a
+/// type with a synthetic empty task; outputs become tasks.
+struct EntityRefresher {
+    store: Arc<dyn Store>,
+    hooks: LiveHookSource,
+    submitter: Arc<Pipeline>,
+    stop: Arc<AtomicBool>,
+}
+
+impl EntityRefresher {
+    fn run(&self, etype: &str) {
+        let hooks = HookSource::load(&self.hooks);
+        let mut out = Vec::new();
+        let mut count = 0u64;
+        let res = scan_partition(&*self.store, etype, (0, 1), |page| {
+            for master in page {
+                let Some(eid) = master.get("_id").and_then(Eid::from_bson) else {
+                    continue;
+                };
+                let task = DataPointTask {
+                    etype: etype.to_owned(),
+                    eid: eid.clone(),
+                    ..Default::default()
+                };
+                out.extend(hooks.on_entity_creation(etype, &eid, &task));
+                count += 1;
+            }
+            Ok(())
+        });
+        if let Err(e) = res {
+            warn!(%etype, error = %e, "refresh_on_entity_creation failed");
+        }
+        info!(%etype, entities = count, tasks = out.len(), "creation hooks re-run");
+        if let Err(e) = submit_all(&*self.submitter, out, &self.stop) {
+            warn!(error = %e, "outputs of refresh_on_entity_creation were not queued");
+        }
+    }
 }
 
 /// A snapshot run from the scheduler or the control channel.

@@ -1,7 +1,7 @@
 //! What the snapshooter needs from the hook registry: the snapshot-time hook families
 //! (core.md §3.6–3.8). The plugin room implements this for its live registry.
 
-use bson::Bson;
+use bson::Document;
 use dp3_model::DataPointTask;
 
 use super::unit::Unit;
@@ -14,11 +14,6 @@ pub trait SnapshotHooks: Send + Sync {
         Vec::new()
     }
 
-    /// How many links deep `record`s must be attached (longest path minus one).
-    fn link_depth(&self) -> usize {
-        1
-    }
-
     /// `snapshot_init` hooks (once per run).
     fn snapshot_init(&self) -> Vec<DataPointTask> {
         Vec::new()
@@ -29,19 +24,16 @@ pub trait SnapshotHooks: Send + Sync {
         Vec::new()
     }
 
-    /// Whether a timeseries hook is registered for `(etype, attr)`.
-    fn has_timeseries_hook(&self, _etype: &str, _attr: &str) -> bool {
-        false
-    }
-
-    /// Timeseries hooks of `(etype, attr)` over the raw history array of one entity.
-    fn timeseries(&self, _etype: &str, _attr: &str, _history: &[Bson]) -> Vec<DataPointTask> {
+    /// Timeseries hooks of every hooked timeseries attribute present in the master record
+    /// of one entity of type `etype` (core.md §3.6).
+    fn timeseries(&self, _etype: &str, _master: &Document) -> Vec<DataPointTask> {
         Vec::new()
     }
 
     /// Correlation hooks applicable to the unit's entity types, in topological order,
-    /// hook-major and entity-minor (core.md §3.7.5). Hooks mutate the unit's values (see
-    /// [`Unit::view`] / [`Unit::store_view`]); returned tasks are collected.
+    /// hook-major and entity-minor (core.md §3.7.5), with linked `record`s attached along
+    /// used links on linked units. Hooks mutate the unit's values; returned tasks are
+    /// collected.
     fn correlate(&self, _unit: &mut Unit) -> Vec<DataPointTask> {
         Vec::new()
     }

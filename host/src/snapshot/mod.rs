@@ -15,7 +15,7 @@ pub mod unit;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bson::{Bson, Document, doc};
@@ -26,7 +26,8 @@ use parking_lot::Mutex;
 use tracing::{error, info, warn};
 
 use crate::clock::Clock;
-use crate::queue::{SubmitError, TaskSubmitter};
+use crate::background::submit::submit_all;
+use crate::queue::TaskSubmitter;
 use components::{Member, linked_components, scan_partition};
 use hooks::{SnapshotHookSource, SnapshotHooks};
 use unit::{Unit, UnitEntity};
@@ -219,26 +220,9 @@ impl SnapShooter {
 
     /// Queue hook outputs (normal queue), retrying while the queue is full.
     fn submit(&self, tasks: Vec<DataPointTask>) {
-        for chunk in tasks.chunks(1000) {
-            let mut attempts = 0;
-            loop {
-                match self.submitter.submit(chunk.to_vec()) {
-                    Ok(accepted) => {
-                        if let Ok(Err(e)) = accepted.blocking_recv() {
-                            warn!(error = %e, "snapshot hook outputs not accepted");
-                        }
-                        break;
-                    }
-                    Err(SubmitError::Overloaded { .. }) if attempts < 600 => {
-                        attempts += 1;
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    Err(e) => {
-                        warn!(error = %e, tasks = chunk.len(), "snapshot hook outputs dropped");
-                        break;
-                    }
-                }
-            }
+        let never = AtomicBool::new(false);
+        if let Err(e) = submit_all(&*self.submitter, tasks, &never) {
+            warn!(error = %e, "snapshot hook outputs were not queued");
         }
     }
 }
@@ -271,23 +255,13 @@ impl RunCtx<'_> {
             None => return None,
         };
         // Timeseries hooks, with same-entity outputs folded into the record.
-        for (attr, spec) in &entity.attribs {
-            if !matches!(spec.kind, AttrKind::Timeseries { .. })
-                || !self.hooks.has_timeseries_hook(etype, attr)
-            {
-                continue;
+        let out = self.hooks.timeseries(etype, &master);
+        for t in &out {
+            if t.etype == etype && t.eid == eid {
+                fold_task(&mut master, &s.model, t, self.time);
             }
-            let Ok(history) = master.get_array(attr).map(|a| a.clone()) else {
-                continue;
-            };
-            let out = self.hooks.timeseries(etype, attr, &history);
-            for t in &out {
-                if t.etype == etype && t.eid == eid {
-                    fold_task(&mut master, &s.model, t, self.time);
-                }
-            }
-            self.add_tasks(out);
         }
+        self.add_tasks(out);
         let mut values = dp3_model::current::current_values(entity, &master, self.time);
         for (attr, spec) in &entity.attribs {
             let Some((src_etype, src_attr)) = &spec.mirror_of else {

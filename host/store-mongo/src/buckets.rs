@@ -114,8 +114,14 @@ mod tests {
         let e = Eid::String("a_#b".into());
         let id = make_bucket_id(&e, 1_700_000_000);
         assert_eq!(id, Bson::String("a_#b_#1700000000".into()));
-        assert_eq!(decode_bucket_id(&id, EidType::String), Some((e, 1_700_000_000)));
-        assert_eq!(decode_bucket_id(&Bson::String("nohash".into()), EidType::String), None);
+        assert_eq!(
+            decode_bucket_id(&id, EidType::String),
+            Some((e, 1_700_000_000))
+        );
+        assert_eq!(
+            decode_bucket_id(&Bson::String("nohash".into()), EidType::String),
+            None
+        );
     }
 
     #[test]
@@ -146,8 +152,14 @@ mod tests {
         };
         assert_eq!(b.bytes, vec![0, 0x80, 0, 0, 0, 0, 0, 0, 0, 1]);
         // Wrong id type for the entity type: not decodable.
-        assert_eq!(decode_bucket_id(&Bson::String("a_#1".into()), EidType::Int), None);
-        assert_eq!(decode_bucket_id(&make_bucket_id(&Eid::Int(1), 1), EidType::Ipv4), None);
+        assert_eq!(
+            decode_bucket_id(&Bson::String("a_#1".into()), EidType::Int),
+            None
+        );
+        assert_eq!(
+            decode_bucket_id(&make_bucket_id(&Eid::Int(1), 1), EidType::Ipv4),
+            None
+        );
     }
 
     #[test]
@@ -183,6 +195,9 @@ mod tests {
         };
         assert_eq!(lo.bytes, [vec![0, 0x80], vec![0; 8]].concat());
         assert_eq!(hi.bytes, [vec![0, 0x80], vec![0xff; 8]].concat());
-        assert_eq!(eid_filter(&Eid::Int(128)).get("_id"), Some(&Bson::Document(d)));
+        assert_eq!(
+            eid_filter(&Eid::Int(128)).get("_id"),
+            Some(&Bson::Document(d))
+        );
     }
 }

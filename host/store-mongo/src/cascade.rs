@@ -95,7 +95,11 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     fn t(m: u32) -> Bson {
-        value::time(Utc.with_ymd_and_hms(2024, 5, 1, 12, m, 0).single().expect("time"))
+        value::time(
+            Utc.with_ymd_and_hms(2024, 5, 1, 12, m, 0)
+                .single()
+                .expect("time"),
+        )
     }
 
     fn link(e: &str) -> Bson {
@@ -164,8 +168,17 @@ mod tests {
     #[test]
     fn typed_references() {
         let ip = Eid::Ipv4("1.2.3.4".parse().expect("ip"));
-        assert!(references(&Bson::Document(doc! {"eid": ip.to_bson(), "data": 1}), &ip));
-        assert!(!references(&link("1.2.3.4"), &ip), "a string is not an IPv4 eid");
-        assert!(references(&Bson::Document(doc! {"eid": 5i64}), &Eid::Int(5)));
+        assert!(references(
+            &Bson::Document(doc! {"eid": ip.to_bson(), "data": 1}),
+            &ip
+        ));
+        assert!(
+            !references(&link("1.2.3.4"), &ip),
+            "a string is not an IPv4 eid"
+        );
+        assert!(references(
+            &Bson::Document(doc! {"eid": 5i64}),
+            &Eid::Int(5)
+        ));
     }
 }

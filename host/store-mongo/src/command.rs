@@ -94,13 +94,16 @@ impl<'a> Cx<'a> {
         let mut reply = self.run(context, cmd).await?;
         let mut out = Vec::new();
         loop {
-            let (id, ns, batch) = cursor_batch(&reply)
-                .ok_or_else(|| malformed(context, &reply, "a cursor reply"))?;
+            let (id, ns, batch) =
+                cursor_batch(&reply).ok_or_else(|| malformed(context, &reply, "a cursor reply"))?;
             out.extend(batch);
             if id == 0 {
                 return Ok(out);
             }
-            let coll = ns.split_once('.').map_or(ns.as_str(), |(_, c)| c).to_owned();
+            let coll = ns
+                .split_once('.')
+                .map_or(ns.as_str(), |(_, c)| c)
+                .to_owned();
             reply = self
                 .run(context, doc! {"getMore": id, "collection": coll})
                 .await?;
@@ -135,10 +138,8 @@ impl<'a> Cx<'a> {
                 .ok_or_else(|| malformed(context, &reply, "a write reply"))?;
             let failed = r.first_error().map(|e| e.to_string());
             total.merge(r);
-            if let Some(msg) = failed {
-                if w.ordered {
-                    return Err(StoreError::backend(BACKEND, format!("{context}: {msg}")));
-                }
+            if let Some(msg) = failed.filter(|_| w.ordered) {
+                return Err(StoreError::backend(BACKEND, format!("{context}: {msg}")));
             }
         }
         if let Some(msg) = total.first_error() {
@@ -298,7 +299,10 @@ impl WriteCommand {
             let len = encoded_len(s).map_err(|e| {
                 StoreError::backend(
                     BACKEND,
-                    format!("statement {i} of {verb} on '{}' cannot be encoded: {e}", self.coll),
+                    format!(
+                        "statement {i} of {verb} on '{}' cannot be encoded: {e}",
+                        self.coll
+                    ),
                 )
             })?;
             if !chunk.is_empty()
@@ -449,7 +453,10 @@ mod tests {
         assert_eq!(cmds[0].0, 0);
         assert_eq!(cmds[1].0, MAX_STATEMENTS);
         assert_eq!(cmds[0].1.get_str("update").ok(), Some("A#master"));
-        assert_eq!(cmds[0].1.get_array("updates").map(Vec::len).ok(), Some(MAX_STATEMENTS));
+        assert_eq!(
+            cmds[0].1.get_array("updates").map(Vec::len).ok(),
+            Some(MAX_STATEMENTS)
+        );
         assert_eq!(cmds[1].1.get_array("updates").map(Vec::len).ok(), Some(5));
         assert_eq!(cmds[1].1.get_bool("ordered").ok(), Some(true));
     }
@@ -469,10 +476,16 @@ mod tests {
     #[test]
     fn unencodable_statement_fails_before_sending() {
         let mut w = WriteCommand::new("A#master", WriteKind::Update);
-        w.statements.push(doc! {"q": {"_id": 1}, "u": {"$set": {"a": {"bad\0key": 1}}}});
+        w.statements
+            .push(doc! {"q": {"_id": 1}, "u": {"$set": {"a": {"bad\0key": 1}}}});
         let e = w.commands().expect_err("NUL in key");
         assert!(e.to_string().contains("statement 0"), "{e}");
-        assert!(WriteCommand::new("x", WriteKind::Delete).commands().expect("empty").is_empty());
+        assert!(
+            WriteCommand::new("x", WriteKind::Delete)
+                .commands()
+                .expect("empty")
+                .is_empty()
+        );
     }
 
     #[test]
@@ -494,13 +507,17 @@ mod tests {
         assert!(r.first_error().expect("error").contains("17419"));
         let wc = doc! {"n": 1, "writeConcernError": {"code": 64, "errmsg": "timeout"}};
         let r = WriteReply::parse(&wc, 0).expect("reply");
-        assert_eq!(r.write_concern_error.as_deref(), Some("write concern error 64: timeout"));
+        assert_eq!(
+            r.write_concern_error.as_deref(),
+            Some("write concern error 64: timeout")
+        );
         assert_eq!(WriteReply::parse(&doc! {"ok": 0}, 0), None);
     }
 
     #[test]
     fn parses_cursor_batches() {
-        let first = doc! {"cursor": {"id": 5i64, "ns": "db.A#raw", "firstBatch": [{"a": 1}]}, "ok": 1};
+        let first =
+            doc! {"cursor": {"id": 5i64, "ns": "db.A#raw", "firstBatch": [{"a": 1}]}, "ok": 1};
         let (id, ns, docs) = cursor_batch(&first).expect("cursor");
         assert_eq!((id, ns.as_str(), docs.len()), (5, "db.A#raw", 1));
         let next = doc! {"cursor": {"id": 0i64, "ns": "db.A#raw", "nextBatch": []}};

@@ -59,10 +59,10 @@ impl EidTypes {
 pub fn candidates(text: &str) -> Vec<Eid> {
     let mut out = Vec::new();
     for ty in [EidType::Int, EidType::Ipv4, EidType::Ipv6, EidType::Mac] {
-        if let Ok(e) = Eid::parse(ty, text) {
-            if e.to_string() == text {
-                out.push(e);
-            }
+        if let Ok(e) = Eid::parse(ty, text)
+            && e.to_string() == text
+        {
+            out.push(e);
         }
     }
     out.push(Eid::String(text.to_owned()));
@@ -81,11 +81,17 @@ mod tests {
 
     #[test]
     fn candidates_by_shape() {
-        assert_eq!(candidates("12"), vec![Eid::Int(12), Eid::String("12".into())]);
+        assert_eq!(
+            candidates("12"),
+            vec![Eid::Int(12), Eid::String("12".into())]
+        );
         assert_eq!(candidates("012"), vec![Eid::String("012".into())]);
         assert_eq!(
             candidates("1.2.3.4"),
-            vec![Eid::Ipv4("1.2.3.4".parse().expect("ip")), Eid::String("1.2.3.4".into())]
+            vec![
+                Eid::Ipv4("1.2.3.4".parse().expect("ip")),
+                Eid::String("1.2.3.4".into())
+            ]
         );
         assert_eq!(candidates("bus-1"), vec![Eid::String("bus-1".into())]);
     }

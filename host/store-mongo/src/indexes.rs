@@ -42,11 +42,19 @@ fn index(coll: &str, keys: Document, options: Document) -> IndexSpec {
 /// Indexes of the shared collections.
 pub fn global_indexes() -> Vec<IndexSpec> {
     vec![
-        index(names::METADATA, doc! {"#time_created": 1}, doc! {"expireAfterSeconds": METADATA_TTL_SECS}),
+        index(
+            names::METADATA,
+            doc! {"#time_created": 1},
+            doc! {"expireAfterSeconds": METADATA_TTL_SECS},
+        ),
         index(names::LINK_CACHE, doc! {"to": 1}, doc! {}),
         index(names::LINK_CACHE, doc! {"from": 1}, doc! {}),
         index(names::LINK_CACHE, doc! {"using_attr": 1}, doc! {}),
-        index(names::LINK_CACHE, doc! {"ttl": 1}, doc! {"expireAfterSeconds": 0}),
+        index(
+            names::LINK_CACHE,
+            doc! {"ttl": 1},
+            doc! {"expireAfterSeconds": 0},
+        ),
     ]
 }
 
@@ -66,8 +74,16 @@ pub fn entity_indexes(etype: &str, bucket_size: u32) -> Vec<IndexSpec> {
     let over = names::snapshots_oversized(etype);
     vec![
         open_bucket_index(etype, bucket_size),
-        index(&snaps, doc! {"latest": -1, "_id": 1}, doc! {"partialFilterExpression": {"latest": {"$eq": true}}}),
-        index(&snaps, doc! {"oversized": -1}, doc! {"partialFilterExpression": {"oversized": {"$eq": true}}}),
+        index(
+            &snaps,
+            doc! {"latest": -1, "_id": 1},
+            doc! {"partialFilterExpression": {"latest": {"$eq": true}}},
+        ),
+        index(
+            &snaps,
+            doc! {"oversized": -1},
+            doc! {"partialFilterExpression": {"oversized": {"$eq": true}}},
+        ),
         index(&snaps, doc! {"_time_created": 1}, doc! {}),
         index(&over, doc! {"eid": 1}, doc! {}),
         index(&over, doc! {"_time_created": 1}, doc! {}),
@@ -79,7 +95,9 @@ pub fn entity_indexes(etype: &str, bucket_size: u32) -> Vec<IndexSpec> {
 /// (e.g. created without one, or for another bucket size).
 pub fn open_bucket_index_is_stale(existing: &[Document], wanted: &IndexSpec) -> Option<String> {
     let name = wanted.spec.get_str("name").ok()?;
-    let found = existing.iter().find(|i| i.get_str("name").ok() == Some(name))?;
+    let found = existing
+        .iter()
+        .find(|i| i.get_str("name").ok() == Some(name))?;
     let want = wanted.spec.get("partialFilterExpression");
     (found.get("partialFilterExpression") != want).then(|| name.to_owned())
 }
@@ -95,7 +113,9 @@ pub fn wildcard_projection(model: &ModelSpec, etype: &str) -> Document {
             }
             match a.attr_type() {
                 AttrType::Plain => p.insert(format!("{id}.ts_last_update"), 1),
-                AttrType::Observations | AttrType::Timeseries => p.insert(format!("#min_t2s.{id}"), 1),
+                AttrType::Observations | AttrType::Timeseries => {
+                    p.insert(format!("#min_t2s.{id}"), 1)
+                }
             };
         }
     }
@@ -121,7 +141,10 @@ pub fn plan_master_indexes(
             continue;
         }
         if key.contains_key("$**") {
-            let proj = ix.get_document("wildcardProjection").cloned().unwrap_or_default();
+            let proj = ix
+                .get_document("wildcardProjection")
+                .cloned()
+                .unwrap_or_default();
             let t2_based = proj.keys().any(|k| k.ends_with(".t2"));
             let covers = projection.keys().all(|k| proj.contains_key(k));
             if !t2_based && covers && !covered && !projection.is_empty() {
@@ -156,8 +179,14 @@ mod tests {
 
     #[test]
     fn default_names_match_the_drivers() {
-        assert_eq!(default_name(&doc! {"_id": -1, "count": 1}), "_id_-1_count_1");
-        assert_eq!(default_name(&doc! {"latest": -1, "_id": 1}), "latest_-1__id_1");
+        assert_eq!(
+            default_name(&doc! {"_id": -1, "count": 1}),
+            "_id_-1_count_1"
+        );
+        assert_eq!(
+            default_name(&doc! {"latest": -1, "_id": 1}),
+            "latest_-1__id_1"
+        );
         assert_eq!(default_name(&doc! {"#time_created": 1}), "#time_created_1");
     }
 
@@ -165,16 +194,25 @@ mod tests {
     fn dp3_index_specs() {
         let g = global_indexes();
         assert_eq!(g[0].coll, "#metadata");
-        assert_eq!(g[0].spec.get_i64("expireAfterSeconds").ok(), Some(2_592_000));
-        assert_eq!(g[4].spec, doc! {"key": {"ttl": 1}, "name": "ttl_1", "expireAfterSeconds": 0});
+        assert_eq!(
+            g[0].spec.get_i64("expireAfterSeconds").ok(),
+            Some(2_592_000)
+        );
+        assert_eq!(
+            g[4].spec,
+            doc! {"key": {"ttl": 1}, "name": "ttl_1", "expireAfterSeconds": 0}
+        );
         let e = entity_indexes("bus", 32);
         assert_eq!(
             e[0].spec,
             doc! {"key": {"_id": -1, "count": 1}, "name": "_id_-1_count_1",
-                  "partialFilterExpression": {"count": {"$lt": 32i64}}}
+            "partialFilterExpression": {"count": {"$lt": 32i64}}}
         );
         assert_eq!(e[0].coll, "bus#snapshots");
-        assert_eq!(e[1].spec.get_document("partialFilterExpression").ok(), Some(&doc! {"latest": {"$eq": true}}));
+        assert_eq!(
+            e[1].spec.get_document("partialFilterExpression").ok(),
+            Some(&doc! {"latest": {"$eq": true}})
+        );
         assert_eq!(e[4].coll, "bus#snapshots_oversized");
         assert_eq!(e[6].coll, "bus#master");
     }
@@ -183,7 +221,10 @@ mod tests {
     fn stale_open_bucket_index() {
         let wanted = open_bucket_index("bus", 32);
         let without = doc! {"name": "_id_-1_count_1", "key": {"_id": -1, "count": 1}};
-        assert_eq!(open_bucket_index_is_stale(&[without], &wanted), Some("_id_-1_count_1".into()));
+        assert_eq!(
+            open_bucket_index_is_stale(&[without], &wanted),
+            Some("_id_-1_count_1".into())
+        );
         let same = wanted.spec.clone();
         assert_eq!(open_bucket_index_is_stale(&[same], &wanted), None);
         assert_eq!(open_bucket_index_is_stale(&[], &wanted), None);
@@ -191,7 +232,10 @@ mod tests {
 
     #[test]
     fn master_index_planning() {
-        let now = Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).single().expect("time");
+        let now = Utc
+            .with_ymd_and_hms(2024, 5, 1, 12, 0, 0)
+            .single()
+            .expect("time");
         let attrs = vec!["speed".to_owned(), "label".to_owned()];
         let proj = doc! {"#min_t2s.speed": 1, "label.ts_last_update": 1};
         let existing = vec![
@@ -201,15 +245,30 @@ mod tests {
             doc! {"name": "wildcard_old", "key": {"$**": 1}, "wildcardProjection": {"#min_t2s.speed": 1}},
         ];
         let (drop, create) = plan_master_indexes(&existing, &attrs, &proj, now);
-        assert_eq!(drop, vec!["speed.t2_1".to_owned(), "wildcard_old".to_owned()]);
+        assert_eq!(
+            drop,
+            vec!["speed.t2_1".to_owned(), "wildcard_old".to_owned()]
+        );
         assert_eq!(
             create,
-            Some(doc! {"key": {"$**": 1}, "name": "wildcard_20240501120000", "wildcardProjection": proj.clone()})
+            Some(
+                doc! {"key": {"$**": 1}, "name": "wildcard_20240501120000", "wildcardProjection": proj.clone()}
+            )
         );
-        let fitting = vec![doc! {"name": "wildcard_x", "key": {"$**": 1}, "wildcardProjection": proj.clone()}];
-        assert_eq!(plan_master_indexes(&fitting, &attrs, &proj, now), (vec![], None));
-        let t2 = vec![doc! {"name": "w", "key": {"$**": 1}, "wildcardProjection": {"#min_t2s.speed": 1, "label.ts_last_update": 1, "speed.t2": 1}}];
-        assert_eq!(plan_master_indexes(&t2, &attrs, &proj, now).0, vec!["w".to_owned()]);
+        let fitting = vec![
+            doc! {"name": "wildcard_x", "key": {"$**": 1}, "wildcardProjection": proj.clone()},
+        ];
+        assert_eq!(
+            plan_master_indexes(&fitting, &attrs, &proj, now),
+            (vec![], None)
+        );
+        let t2 = vec![
+            doc! {"name": "w", "key": {"$**": 1}, "wildcardProjection": {"#min_t2s.speed": 1, "label.ts_last_update": 1, "speed.t2": 1}},
+        ];
+        assert_eq!(
+            plan_master_indexes(&t2, &attrs, &proj, now).0,
+            vec!["w".to_owned()]
+        );
         assert_eq!(plan_master_indexes(&[], &[], &doc! {}, now), (vec![], None));
     }
 }

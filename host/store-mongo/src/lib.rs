@@ -199,7 +199,10 @@ impl MongoStore {
         model: Option<&ModelSpec>,
     ) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
-        for etype in model.map(|m| m.entities.keys().collect::<Vec<_>>()).unwrap_or_default() {
+        for etype in model
+            .map(|m| m.entities.keys().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
             let existing = list_indexes(cx, &names::snapshots(etype)).await?;
             let wanted = indexes::open_bucket_index(etype, self.bucket_size);
             if let Some(name) = indexes::open_bucket_index_is_stale(&existing, &wanted) {
@@ -207,6 +210,18 @@ impl MongoStore {
             }
         }
         Ok(out)
+    }
+
+    /// Run a database command and return the server's reply (tooling and layout tests).
+    pub fn run_command(&self, cmd: Document) -> Result<Document> {
+        self.run(async { Cx::new(&self.db).run("command", cmd).await })
+    }
+
+    /// All documents of a collection matching `filter`, in natural order (tooling and
+    /// layout tests).
+    pub fn find_raw(&self, coll: &str, filter: Document) -> Result<Vec<Document>> {
+        let f = command::Find::new(coll, filter);
+        self.run(async { Cx::new(&self.db).find(&format!("read '{coll}'"), f).await })
     }
 
     /// Drop the whole database (tests and tooling).
@@ -271,12 +286,17 @@ impl MongoStore {
 
 /// Commit, retrying an unknown commit result; the flag says whether the whole transaction
 /// may be retried.
-async fn commit(session: &mut mongodb::ClientSession) -> std::result::Result<(), (StoreError, bool)> {
+async fn commit(
+    session: &mut mongodb::ClientSession,
+) -> std::result::Result<(), (StoreError, bool)> {
     let mut attempts = 0;
     loop {
         match session.commit_transaction().await {
             Ok(()) => return Ok(()),
-            Err(e) if e.contains_label(mongodb::error::UNKNOWN_TRANSACTION_COMMIT_RESULT) && attempts < 3 => {
+            Err(e)
+                if e.contains_label(mongodb::error::UNKNOWN_TRANSACTION_COMMIT_RESULT)
+                    && attempts < 3 =>
+            {
                 attempts += 1;
             }
             Err(e) => {
@@ -318,19 +338,25 @@ async fn try_connect(config: &MongoConfig) -> Result<(Client, ServerInfo)> {
     let hello = match admin.run_command(doc! {"hello": 1}).await {
         Ok(h) => h,
         // servers before 4.4.2 only know the legacy name
-        Err(_) => admin
-            .run_command(doc! {"isMaster": 1})
-            .await
-            .map_err(err)?,
+        Err(_) => admin.run_command(doc! {"isMaster": 1}).await.map_err(err)?,
     };
     Ok((client, ServerInfo::from_hello(&hello)))
 }
 
 async fn list_indexes(cx: &mut Cx<'_>, coll: &str) -> Result<Vec<Document>> {
-    match cx.cursor(&format!("list indexes of '{coll}'"), doc! {"listIndexes": coll}).await {
+    match cx
+        .cursor(
+            &format!("list indexes of '{coll}'"),
+            doc! {"listIndexes": coll},
+        )
+        .await
+    {
         Ok(v) => Ok(v),
         // NamespaceNotFound: the collection does not exist yet
-        Err(e) if e.to_string().contains("NamespaceNotFound") || e.to_string().contains("ns does not exist") => {
+        Err(e)
+            if e.to_string().contains("NamespaceNotFound")
+                || e.to_string().contains("ns does not exist") =>
+        {
             Ok(Vec::new())
         }
         Err(e) => Err(e),
@@ -340,7 +366,10 @@ async fn list_indexes(cx: &mut Cx<'_>, coll: &str) -> Result<Vec<Document>> {
 async fn create_index(cx: &mut Cx<'_>, coll: &str, spec: Document) -> Result<()> {
     let name = spec.get_str("name").unwrap_or_default().to_owned();
     let ctx = format!("create index '{name}' on '{coll}'");
-    match cx.run(&ctx, doc! {"createIndexes": coll, "indexes": [spec]}).await {
+    match cx
+        .run(&ctx, doc! {"createIndexes": coll, "indexes": [spec]})
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) => {
             let msg = e.to_string();
@@ -387,7 +416,9 @@ impl Store for MongoStore {
         names::check_etype(etype)?;
         self.run(async {
             let mut cx = Cx::new(&self.db);
-            Ok(master::get(&mut cx, etype, eid, Some(doc! {"_id": 1})).await?.is_some())
+            Ok(master::get(&mut cx, etype, eid, Some(doc! {"_id": 1}))
+                .await?
+                .is_some())
         })
     }
 
@@ -416,12 +447,23 @@ impl Store for MongoStore {
     ) -> Result<bool> {
         names::check_etype(etype)?;
         self.run(async {
-            master::replace_histories(&mut Cx::new(&self.db), etype, eid, expected_revision, histories)
-                .await
+            master::replace_histories(
+                &mut Cx::new(&self.db),
+                etype,
+                eid,
+                expected_revision,
+                histories,
+            )
+            .await
         })
     }
 
-    fn delete_old_history(&self, etype: &str, attr: &str, older_than: DateTime<Utc>) -> Result<u64> {
+    fn delete_old_history(
+        &self,
+        etype: &str,
+        attr: &str,
+        older_than: DateTime<Utc>,
+    ) -> Result<u64> {
         names::check_etype(etype)?;
         self.run(async {
             master::delete_old_history(&mut Cx::new(&self.db), etype, attr, older_than).await
@@ -444,7 +486,11 @@ impl Store for MongoStore {
     fn raw_get(&self, etype: &str, query: &RawQuery) -> Result<Vec<Document>> {
         names::check_etype(etype)?;
         let f = master::raw_find(etype, query);
-        self.run(async { Cx::new(&self.db).find(&format!("read raw '{etype}'"), f).await })
+        self.run(async {
+            Cx::new(&self.db)
+                .find(&format!("read raw '{etype}'"), f)
+                .await
+        })
     }
 
     fn archive_raw(
@@ -468,11 +514,18 @@ impl Store for MongoStore {
             let (ids, batch) = master::split_ids(docs);
             sink(&batch)?;
             let del = master::delete_ids(names::raw(etype), ids);
-            total += self.run(async { Cx::new(&self.db).write(&ctx, &del).await })?.n;
+            total += self
+                .run(async { Cx::new(&self.db).write(&ctx, &del).await })?
+                .n;
         }
     }
 
-    fn links_to(&self, to: &LinkKey, using_attr: Option<&str>, now: DateTime<Utc>) -> Result<Vec<LinkEntry>> {
+    fn links_to(
+        &self,
+        to: &LinkKey,
+        using_attr: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<LinkEntry>> {
         let mut filter = doc! {"to": to.to_string(), "ttl": links::live(now)};
         if let Some(u) = using_attr {
             filter.insert("using_attr", u);
@@ -498,7 +551,11 @@ impl Store for MongoStore {
         ];
         let docs = self.run(async {
             Cx::new(&self.db)
-                .aggregate(&format!("referenced '{etype}'"), names::LINK_CACHE, pipeline)
+                .aggregate(
+                    &format!("referenced '{etype}'"),
+                    names::LINK_CACHE,
+                    pipeline,
+                )
                 .await
         })?;
         let mut out: Vec<Eid> = docs
@@ -512,14 +569,26 @@ impl Store for MongoStore {
         Ok(out)
     }
 
-    fn save_snapshots(&self, etype: &str, snapshots: &[(Eid, Document)], time: DateTime<Utc>) -> Result<()> {
+    fn save_snapshots(
+        &self,
+        etype: &str,
+        snapshots: &[(Eid, Document)],
+        time: DateTime<Utc>,
+    ) -> Result<()> {
         names::check_etype(etype)?;
         if snapshots.is_empty() {
             return Ok(());
         }
         self.run(async {
-            snapshots::save(&mut Cx::new(&self.db), etype, snapshots, time, self.bucket_size, self.max_bson)
-                .await
+            snapshots::save(
+                &mut Cx::new(&self.db),
+                etype,
+                snapshots,
+                time,
+                self.bucket_size,
+                self.max_bson,
+            )
+            .await
         })
     }
 
@@ -538,7 +607,12 @@ impl Store for MongoStore {
         self.run(async { snapshots::latest_one(&mut Cx::new(&self.db), etype, eid).await })
     }
 
-    fn snapshot_history(&self, etype: &str, eid: &Eid, query: &dp3_store::HistoryQuery) -> Result<Vec<Document>> {
+    fn snapshot_history(
+        &self,
+        etype: &str,
+        eid: &Eid,
+        query: &dp3_store::HistoryQuery,
+    ) -> Result<Vec<Document>> {
         names::check_etype(etype)?;
         self.run(async { snapshots::history(&mut Cx::new(&self.db), etype, eid, query).await })
     }
@@ -610,16 +684,26 @@ mod tests {
         let standalone = doc! {"isWritablePrimary": true, "maxBsonObjectSize": 16777216, "logicalSessionTimeoutMinutes": 30};
         assert_eq!(
             ServerInfo::from_hello(&standalone),
-            ServerInfo { supports_transactions: false, max_bson_size: 16777216 }
+            ServerInfo {
+                supports_transactions: false,
+                max_bson_size: 16777216
+            }
         );
-        let replica = doc! {"setName": "dp3", "logicalSessionTimeoutMinutes": 30, "maxBsonObjectSize": 1000};
+        let replica =
+            doc! {"setName": "dp3", "logicalSessionTimeoutMinutes": 30, "maxBsonObjectSize": 1000};
         assert_eq!(
             ServerInfo::from_hello(&replica),
-            ServerInfo { supports_transactions: true, max_bson_size: 1000 }
+            ServerInfo {
+                supports_transactions: true,
+                max_bson_size: 1000
+            }
         );
         let mongos = doc! {"msg": "isdbgrid", "logicalSessionTimeoutMinutes": 30};
         assert!(ServerInfo::from_hello(&mongos).supports_transactions);
-        assert!(!ServerInfo::from_hello(&doc! {"setName": "x"}).supports_transactions, "no sessions");
+        assert!(
+            !ServerInfo::from_hello(&doc! {"setName": "x"}).supports_transactions,
+            "no sessions"
+        );
     }
 
     #[test]
@@ -628,6 +712,9 @@ mod tests {
         c.snapshot_bucket_size = 1;
         let e = MongoStore::open(&c, None).expect_err("bucket size 1");
         let msg = e.to_string();
-        assert!(msg.contains("snapshot_bucket_size") && !msg.contains("secret"), "{msg}");
+        assert!(
+            msg.contains("snapshot_bucket_size") && !msg.contains("secret"),
+            "{msg}"
+        );
     }
 }

@@ -34,7 +34,8 @@ pub fn link_commands(op: &LinkOp) -> Vec<WriteCommand> {
             ));
             let mut up = WriteCommand::new(LINK_CACHE, WriteKind::Update);
             for t in targets {
-                up.statements.push(upsert_statement(from, t, using_attr, never()));
+                up.statements
+                    .push(upsert_statement(from, t, using_attr, never()));
             }
             if up.statements.is_empty() {
                 vec![del]
@@ -49,13 +50,19 @@ pub fn link_commands(op: &LinkOp) -> Vec<WriteCommand> {
             ttl,
         } => {
             let mut up = WriteCommand::new(LINK_CACHE, WriteKind::Update);
-            up.statements.push(upsert_statement(from, to, using_attr, *ttl));
+            up.statements
+                .push(upsert_statement(from, to, using_attr, *ttl));
             vec![up]
         }
     }
 }
 
-fn upsert_statement(from: &LinkKey, to: &LinkKey, using_attr: &str, ttl: DateTime<Utc>) -> Document {
+fn upsert_statement(
+    from: &LinkKey,
+    to: &LinkKey,
+    using_attr: &str,
+    ttl: DateTime<Utc>,
+) -> Document {
     WriteCommand::update(
         doc! {"to": to.to_string(), "from": from.to_string(), "using_attr": using_attr},
         doc! {"$max": {"ttl": value::time(ttl)}},
@@ -151,7 +158,8 @@ mod tests {
 
     #[test]
     fn decodes_entries_and_never_expiring_ttl() {
-        let d = doc! {"from": "S#s1", "to": "T#x#y", "using_attr": "S#a", "ttl": value::time(never())};
+        let d =
+            doc! {"from": "S#s1", "to": "T#x#y", "using_attr": "S#a", "ttl": value::time(never())};
         let e = decode_entry(&d, &EidTypes::default()).expect("entry");
         assert_eq!(e.to, key("T", "x#y"));
         assert_eq!(e.ttl, None);
@@ -164,8 +172,19 @@ mod tests {
 
     #[test]
     fn dedup_keeps_longest_ttl() {
-        let t = |m| Some(Utc.with_ymd_and_hms(2024, 1, 1, 0, m, 0).single().expect("t"));
-        let e = |ttl| LinkEntry { from: key("S", "a"), to: key("T", "b"), using_attr: "S#x".into(), ttl };
+        let t = |m| {
+            Some(
+                Utc.with_ymd_and_hms(2024, 1, 1, 0, m, 0)
+                    .single()
+                    .expect("t"),
+            )
+        };
+        let e = |ttl| LinkEntry {
+            from: key("S", "a"),
+            to: key("T", "b"),
+            using_attr: "S#x".into(),
+            ttl,
+        };
         assert_eq!(dedup(vec![e(t(1)), e(t(5)), e(t(3))]), vec![e(t(5))]);
         assert_eq!(dedup(vec![e(t(1)), e(None)]), vec![e(None)]);
     }

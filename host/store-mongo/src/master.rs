@@ -10,16 +10,21 @@ use crate::names::{self, check_attr};
 use crate::update::{delete_old_history_pipeline, replace_histories_update};
 
 /// Metadata fields every projection keeps.
-pub const META_FIELDS: [&str; 6] = ["_id", "#hash", "#time_created", "#revision", "#min_t2s", "#ttl"];
+pub const META_FIELDS: [&str; 6] = [
+    "_id",
+    "#hash",
+    "#time_created",
+    "#revision",
+    "#min_t2s",
+    "#ttl",
+];
 
 pub fn check_partition(partition: Option<(u32, u32)>) -> Result<Option<Document>> {
     match partition {
         Some((_, 0)) => Err(StoreError::InvalidQuery(
             "hash partition count must be positive".into(),
         )),
-        Some((index, count)) => Ok(Some(
-            doc! {"$mod": [i64::from(count), i64::from(index)]},
-        )),
+        Some((index, count)) => Ok(Some(doc! {"$mod": [i64::from(count), i64::from(index)]})),
         None => Ok(None),
     }
 }
@@ -36,7 +41,10 @@ pub fn scan_find(etype: &str, scan: &MasterScan) -> Result<Find> {
     f.sort = Some(doc! {"_id": 1});
     f.limit = scan.limit as u64;
     if let Some(attrs) = &scan.projection {
-        let mut p: Document = META_FIELDS.iter().map(|k| ((*k).to_owned(), Bson::Int32(1))).collect();
+        let mut p: Document = META_FIELDS
+            .iter()
+            .map(|k| ((*k).to_owned(), Bson::Int32(1)))
+            .collect();
         for a in attrs {
             // names that cannot be stored cannot be present either
             if check_attr(a).is_ok() {
@@ -48,17 +56,29 @@ pub fn scan_find(etype: &str, scan: &MasterScan) -> Result<Find> {
     Ok(f)
 }
 
-pub async fn get(cx: &mut Cx<'_>, etype: &str, eid: &Eid, projection: Option<Document>) -> Result<Option<Document>> {
+pub async fn get(
+    cx: &mut Cx<'_>,
+    etype: &str,
+    eid: &Eid,
+    projection: Option<Document>,
+) -> Result<Option<Document>> {
     let mut f = Find::new(names::master(etype), doc! {"_id": eid.to_bson()});
     f.projection = projection;
     f.limit = 1;
-    Ok(cx.find(&format!("read {etype}/{eid}"), f).await?.into_iter().next())
+    Ok(cx
+        .find(&format!("read {etype}/{eid}"), f)
+        .await?
+        .into_iter()
+        .next())
 }
 
 pub async fn count(cx: &mut Cx<'_>, etype: &str) -> Result<u64> {
     // DP3's estimated_document_count: the `count` command without a query reads metadata.
     let reply = cx
-        .run(&format!("count '{etype}'"), doc! {"count": names::master(etype)})
+        .run(
+            &format!("count '{etype}'"),
+            doc! {"count": names::master(etype)},
+        )
         .await?;
     Ok(reply
         .get("n")
@@ -82,10 +102,19 @@ pub async fn replace_histories(
         false,
         false,
     ));
-    Ok(cx.write(&format!("replace histories of {etype}/{eid}"), &cmd).await?.n > 0)
+    Ok(cx
+        .write(&format!("replace histories of {etype}/{eid}"), &cmd)
+        .await?
+        .n
+        > 0)
 }
 
-pub async fn delete_old_history(cx: &mut Cx<'_>, etype: &str, attr: &str, older_than: DateTime<Utc>) -> Result<u64> {
+pub async fn delete_old_history(
+    cx: &mut Cx<'_>,
+    etype: &str,
+    attr: &str,
+    older_than: DateTime<Utc>,
+) -> Result<u64> {
     let t = value::time(older_than);
     let pipeline = delete_old_history_pipeline(attr, t.clone())?;
     let mut cmd = WriteCommand::new(names::master(etype), WriteKind::Update);
@@ -95,7 +124,10 @@ pub async fn delete_old_history(cx: &mut Cx<'_>, etype: &str, attr: &str, older_
         false,
         true,
     ));
-    Ok(cx.write(&format!("clean history '{attr}' of '{etype}'"), &cmd).await?.n)
+    Ok(cx
+        .write(&format!("clean history '{attr}' of '{etype}'"), &cmd)
+        .await?
+        .n)
 }
 
 /// What to do with one record's TTL tokens at `now`.
@@ -113,8 +145,16 @@ pub fn ttl_verdict(ttl: &Document, now: DateTime<Utc>) -> TtlVerdict {
     if ttl.values().all(expired) {
         return TtlVerdict::Expired;
     }
-    let gone: Vec<String> = ttl.iter().filter(|(_, v)| expired(v)).map(|(k, _)| k.clone()).collect();
-    if gone.is_empty() { TtlVerdict::Keep } else { TtlVerdict::Prune(gone) }
+    let gone: Vec<String> = ttl
+        .iter()
+        .filter(|(_, v)| expired(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if gone.is_empty() {
+        TtlVerdict::Keep
+    } else {
+        TtlVerdict::Prune(gone)
+    }
 }
 
 /// `$unset` of expired tokens, only while they are still expired (a concurrent `$max`
@@ -126,7 +166,12 @@ pub fn prune_statement(id: &Bson, tokens: &[String], now: DateTime<Utc>) -> Docu
         q.insert(format!("#ttl.{t}"), doc! {"$lt": value::time(now)});
         unset.insert(format!("#ttl.{t}"), "");
     }
-    WriteCommand::update(q, doc! {"$unset": unset, "$inc": {"#revision": 1}}, false, false)
+    WriteCommand::update(
+        q,
+        doc! {"$unset": unset, "$inc": {"#revision": 1}},
+        false,
+        false,
+    )
 }
 
 pub async fn expire_ttl_tokens(
@@ -148,7 +193,9 @@ pub async fn expire_ttl_tokens(
     prune.ordered = false;
     for d in cx.find(&ctx, f).await? {
         let Some(id) = d.get("_id") else { continue };
-        let Ok(ttl) = d.get_document("#ttl") else { continue };
+        let Ok(ttl) = d.get_document("#ttl") else {
+            continue;
+        };
         match ttl_verdict(ttl, now) {
             TtlVerdict::Expired => match Eid::from_bson(id) {
                 Some(e) => expired.push(e),
@@ -221,7 +268,8 @@ pub fn split_ids(docs: Vec<Document>) -> (Vec<Bson>, Vec<Document>) {
 
 pub fn delete_ids(coll: String, ids: Vec<Bson>) -> WriteCommand {
     let mut del = WriteCommand::new(coll, WriteKind::Delete);
-    del.statements.push(WriteCommand::delete(doc! {"_id": {"$in": ids}}, true));
+    del.statements
+        .push(WriteCommand::delete(doc! {"_id": {"$in": ids}}, true));
     del
 }
 
@@ -231,32 +279,52 @@ mod tests {
     use chrono::TimeZone;
 
     fn t(m: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2024, 5, 1, 12, m, 0).single().expect("time")
+        Utc.with_ymd_and_hms(2024, 5, 1, 12, m, 0)
+            .single()
+            .expect("time")
     }
 
     #[test]
     fn scans_filter_sort_and_project() {
         let f = scan_find(
             "N",
-            &MasterScan { after: Some(Eid::Int(0)), limit: 2, partition: Some((1, 4)), projection: Some(vec!["q".into(), "a.b".into()]) },
+            &MasterScan {
+                after: Some(Eid::Int(0)),
+                limit: 2,
+                partition: Some((1, 4)),
+                projection: Some(vec!["q".into(), "a.b".into()]),
+            },
         )
         .expect("scan");
         assert_eq!(f.coll, "N#master");
-        assert_eq!(f.filter, doc! {"_id": {"$gt": 0}, "#hash": {"$mod": [4i64, 1i64]}});
+        assert_eq!(
+            f.filter,
+            doc! {"_id": {"$gt": 0}, "#hash": {"$mod": [4i64, 1i64]}}
+        );
         assert_eq!(f.sort, Some(doc! {"_id": 1}));
         assert_eq!(f.limit, 2);
         let p = f.projection.expect("projection");
         assert!(p.contains_key("q") && p.contains_key("#hash") && p.contains_key("#ttl"));
         assert!(!p.contains_key("a.b"));
-        assert!(matches!(check_partition(Some((0, 0))), Err(StoreError::InvalidQuery(_))));
+        assert!(matches!(
+            check_partition(Some((0, 0))),
+            Err(StoreError::InvalidQuery(_))
+        ));
     }
 
     #[test]
     fn ttl_verdicts() {
         let ttl = doc! {"base": value::time(t(10)), "data": value::time(t(20))};
         assert_eq!(ttl_verdict(&ttl, t(5)), TtlVerdict::Keep);
-        assert_eq!(ttl_verdict(&ttl, t(15)), TtlVerdict::Prune(vec!["base".into()]));
-        assert_eq!(ttl_verdict(&ttl, t(20)), TtlVerdict::Prune(vec!["base".into()]), "strict <");
+        assert_eq!(
+            ttl_verdict(&ttl, t(15)),
+            TtlVerdict::Prune(vec!["base".into()])
+        );
+        assert_eq!(
+            ttl_verdict(&ttl, t(20)),
+            TtlVerdict::Prune(vec!["base".into()]),
+            "strict <"
+        );
         assert_eq!(ttl_verdict(&ttl, t(21)), TtlVerdict::Expired);
         assert_eq!(ttl_verdict(&Document::new(), t(0)), TtlVerdict::Expired);
         let s = prune_statement(&Bson::String("a".into()), &["base".into()], t(15));
@@ -272,11 +340,26 @@ mod tests {
 
     #[test]
     fn raw_queries() {
-        let f = raw_find("R", &RawQuery { eid: Some(Eid::String("a".into())), skip: 1, limit: 1, ..Default::default() });
+        let f = raw_find(
+            "R",
+            &RawQuery {
+                eid: Some(Eid::String("a".into())),
+                skip: 1,
+                limit: 1,
+                ..Default::default()
+            },
+        );
         assert_eq!(f.filter, doc! {"eid": "a"});
         assert_eq!(f.sort, Some(doc! {"$natural": -1}));
         assert_eq!(f.projection, Some(doc! {"_id": 0}));
-        let f = raw_find("R", &RawQuery { attr: Some("o".into()), order_by_t1: true, ..Default::default() });
+        let f = raw_find(
+            "R",
+            &RawQuery {
+                attr: Some("o".into()),
+                order_by_t1: true,
+                ..Default::default()
+            },
+        );
         assert_eq!(f.sort, Some(doc! {"t1": -1, "_id": -1}));
         assert_eq!(
             archive_filter(t(25)),

@@ -19,13 +19,20 @@ pub fn value_of(mut d: Document) -> Option<Document> {
 pub async fn get(cx: &mut Cx<'_>, key: &str) -> Result<Option<Document>> {
     let mut f = Find::new(META, doc! {"_id": key});
     f.limit = 1;
-    Ok(cx.find(&format!("read metadata '{key}'"), f).await?.into_iter().next().and_then(value_of))
+    Ok(cx
+        .find(&format!("read metadata '{key}'"), f)
+        .await?
+        .into_iter()
+        .next()
+        .and_then(value_of))
 }
 
 pub async fn put(cx: &mut Cx<'_>, key: &str, value: &Document) -> Result<()> {
     let mut cmd = WriteCommand::new(META, WriteKind::Update);
     cmd.statements.push(meta_statement(key, value));
-    cx.write(&format!("write metadata '{key}'"), &cmd).await.map(|_| ())
+    cx.write(&format!("write metadata '{key}'"), &cmd)
+        .await
+        .map(|_| ())
 }
 
 pub fn list_find(prefix: &str) -> Find {
@@ -40,7 +47,9 @@ pub fn list_find(prefix: &str) -> Find {
 }
 
 pub async fn list(cx: &mut Cx<'_>, prefix: &str) -> Result<Vec<(String, Document)>> {
-    let docs = cx.find(&format!("list metadata '{prefix}*'"), list_find(prefix)).await?;
+    let docs = cx
+        .find(&format!("list metadata '{prefix}*'"), list_find(prefix))
+        .await?;
     Ok(docs
         .into_iter()
         .filter_map(|d| {
@@ -52,8 +61,11 @@ pub async fn list(cx: &mut Cx<'_>, prefix: &str) -> Result<Vec<(String, Document
 
 pub async fn delete(cx: &mut Cx<'_>, key: &str) -> Result<()> {
     let mut cmd = WriteCommand::new(META, WriteKind::Delete);
-    cmd.statements.push(WriteCommand::delete(doc! {"_id": key}, false));
-    cx.write(&format!("delete metadata '{key}'"), &cmd).await.map(|_| ())
+    cmd.statements
+        .push(WriteCommand::delete(doc! {"_id": key}, false));
+    cx.write(&format!("delete metadata '{key}'"), &cmd)
+        .await
+        .map(|_| ())
 }
 
 pub async fn insert_run(cx: &mut Cx<'_>, d: &Document) -> Result<()> {
@@ -80,7 +92,9 @@ pub async fn update_run(cx: &mut Cx<'_>, id: &str, set: &Document, inc: &Documen
     };
     let mut cmd = WriteCommand::new(METADATA, WriteKind::Update);
     cmd.statements.push(s);
-    cx.write(&format!("update run metadata '{id}'"), &cmd).await.map(|_| ())
+    cx.write(&format!("update run metadata '{id}'"), &cmd)
+        .await
+        .map(|_| ())
 }
 
 pub fn runs_find(q: &RunMetadataQuery) -> Find {
@@ -113,9 +127,15 @@ mod tests {
 
     #[test]
     fn meta_documents() {
-        assert_eq!(value_of(doc! {"_id": "k", "value": {"x": 1}}), Some(doc! {"x": 1}));
+        assert_eq!(
+            value_of(doc! {"_id": "k", "value": {"x": 1}}),
+            Some(doc! {"x": 1})
+        );
         assert_eq!(value_of(doc! {"_id": "k"}), None);
-        assert_eq!(list_find("a.b/").filter, doc! {"_id": {"$regex": r"^a\.b/"}});
+        assert_eq!(
+            list_find("a.b/").filter,
+            doc! {"_id": {"$regex": r"^a\.b/"}}
+        );
         assert_eq!(list_find("").filter, doc! {});
     }
 
@@ -124,9 +144,14 @@ mod tests {
         assert_eq!(run_update("x", &doc! {}, &doc! {}), None);
         assert_eq!(
             run_update("x", &doc! {"a": 1}, &doc! {"n": 2}),
-            Some(doc! {"q": {"_id": "x"}, "u": {"$set": {"a": 1}, "$inc": {"n": 2}}, "upsert": false, "multi": false})
+            Some(
+                doc! {"q": {"_id": "x"}, "u": {"$set": {"a": 1}, "$inc": {"n": 2}}, "upsert": false, "multi": false}
+            )
         );
-        let t = Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).single().expect("time");
+        let t = Utc
+            .with_ymd_and_hms(2024, 5, 1, 12, 0, 0)
+            .single()
+            .expect("time");
         let f = runs_find(&RunMetadataQuery {
             module: Some("SnapShooter".into()),
             from: Some(t),
@@ -135,7 +160,10 @@ mod tests {
             skip: 0,
             limit: 3,
         });
-        assert_eq!(f.filter, doc! {"#module": "SnapShooter", "#time_created": {"$gte": value::time(t)}});
+        assert_eq!(
+            f.filter,
+            doc! {"#module": "SnapShooter", "#time_created": {"$gte": value::time(t)}}
+        );
         assert_eq!(f.sort, Some(doc! {"#time_created": -1, "_id": -1}));
         assert_eq!(f.limit, 3);
     }

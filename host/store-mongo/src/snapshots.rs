@@ -47,7 +47,12 @@ pub fn stamp(snapshot: &Document, time: DateTime<Utc>) -> Document {
 }
 
 /// DP3's bucket upsert for one entity (normal state).
-pub fn bucket_upsert(eid: &Eid, snap: &Document, time: DateTime<Utc>, bucket_size: u32) -> Document {
+pub fn bucket_upsert(
+    eid: &Eid,
+    snap: &Document,
+    time: DateTime<Utc>,
+    bucket_size: u32,
+) -> Document {
     WriteCommand::update(
         doc! {"_id": eid_buckets(eid), "count": {"$lt": i64::from(bucket_size)}},
         doc! {
@@ -141,7 +146,10 @@ pub async fn save(
         }
         let statement = bucket_upsert(eid, &snap, time, bucket_size);
         let len = encoded_len(&statement).map_err(|e| {
-            StoreError::backend("mongodb", format!("{ctx}: snapshot of {eid} cannot be encoded: {e}"))
+            StoreError::backend(
+                "mongodb",
+                format!("{ctx}: snapshot of {eid} cannot be encoded: {e}"),
+            )
         })?;
         if len > max_bson {
             to_convert.push((eid, snap));
@@ -160,7 +168,9 @@ pub async fn save(
     let mut failures = Vec::new();
     for e in &reply.errors {
         match normal.get(e.index) {
-            Some((eid, snap)) if TOO_LARGE_CODES.contains(&e.code) => to_convert.push((eid, snap.clone())),
+            Some((eid, snap)) if TOO_LARGE_CODES.contains(&e.code) => {
+                to_convert.push((eid, snap.clone()))
+            }
             _ => failures.push(e.to_string()),
         }
     }
@@ -169,7 +179,10 @@ pub async fn save(
         convert_to_oversized(cx, etype, eid, &snap, time).await?;
     }
     if !failures.is_empty() {
-        return Err(StoreError::backend("mongodb", format!("{ctx}: {}", failures.join("; "))));
+        return Err(StoreError::backend(
+            "mongodb",
+            format!("{ctx}: {}", failures.join("; ")),
+        ));
     }
     Ok(())
 }
@@ -289,7 +302,11 @@ pub async fn latest(cx: &mut Cx<'_>, etype: &str, query: &SnapshotQuery) -> Resu
 pub async fn count_latest(cx: &mut Cx<'_>, etype: &str, filter: &Document) -> Result<u64> {
     let pipeline = vec![doc! {"$match": latest_filter(filter)}, doc! {"$count": "n"}];
     let out = cx
-        .aggregate(&format!("count snapshots of '{etype}'"), &names::snapshots(etype), pipeline)
+        .aggregate(
+            &format!("count snapshots of '{etype}'"),
+            &names::snapshots(etype),
+            pipeline,
+        )
         .await?;
     Ok(out
         .first()
@@ -304,7 +321,9 @@ pub async fn latest_one(cx: &mut Cx<'_>, etype: &str, eid: &Eid) -> Result<Optio
     f.sort = Some(doc! {"_time_created": -1, "_id": -1});
     f.projection = Some(doc! {"_id": 0, "last": 1});
     f.limit = 1;
-    let docs = cx.find(&format!("latest snapshot of {etype}/{eid}"), f).await?;
+    let docs = cx
+        .find(&format!("latest snapshot of {etype}/{eid}"), f)
+        .await?;
     Ok(docs.into_iter().next().map(take_last))
 }
 
@@ -339,9 +358,17 @@ pub fn history_pipeline(eid: &Eid, q: &HistoryQuery) -> Vec<Document> {
     p
 }
 
-pub async fn history(cx: &mut Cx<'_>, etype: &str, eid: &Eid, q: &HistoryQuery) -> Result<Vec<Document>> {
+pub async fn history(
+    cx: &mut Cx<'_>,
+    etype: &str,
+    eid: &Eid,
+    q: &HistoryQuery,
+) -> Result<Vec<Document>> {
     let ctx = format!("snapshot history of {etype}/{eid}");
-    let mut marker = Find::new(names::snapshots(etype), doc! {"_id": eid_buckets(eid), "oversized": true});
+    let mut marker = Find::new(
+        names::snapshots(etype),
+        doc! {"_id": eid_buckets(eid), "oversized": true},
+    );
     marker.projection = Some(doc! {"_id": 1});
     marker.limit = 1;
     if cx.find(&ctx, marker).await?.is_empty() {
@@ -393,7 +420,10 @@ pub async fn distinct(cx: &mut Cx<'_>, etype: &str, attr: &str) -> Result<Vec<(B
         .into_iter()
         .map(|mut d| {
             let n = d.get("n").and_then(value::as_int).unwrap_or(0);
-            (d.remove("_id").unwrap_or(Bson::Null), u64::try_from(n).unwrap_or(0))
+            (
+                d.remove("_id").unwrap_or(Bson::Null),
+                u64::try_from(n).unwrap_or(0),
+            )
         })
         .collect())
 }
@@ -427,7 +457,10 @@ pub async fn delete_old(cx: &mut Cx<'_>, etype: &str, older_than: DateTime<Utc>)
         .and_then(|n| u64::try_from(n).ok())
         .unwrap_or(0);
     let mut del = WriteCommand::new(coll.clone(), WriteKind::Delete);
-    del.statements.push(WriteCommand::delete(doc! {"last._time_created": {"$lt": t.clone()}}, true));
+    del.statements.push(WriteCommand::delete(
+        doc! {"last._time_created": {"$lt": t.clone()}},
+        true,
+    ));
     cx.write(&ctx, &del).await?;
     let mut pull = WriteCommand::new(coll, WriteKind::Update);
     pull.statements.push(WriteCommand::update(
@@ -438,7 +471,10 @@ pub async fn delete_old(cx: &mut Cx<'_>, etype: &str, older_than: DateTime<Utc>)
     ));
     cx.write(&ctx, &pull).await?;
     let mut del_over = WriteCommand::new(names::snapshots_oversized(etype), WriteKind::Delete);
-    del_over.statements.push(WriteCommand::delete(doc! {"_time_created": {"$lt": t}}, true));
+    del_over.statements.push(WriteCommand::delete(
+        doc! {"_time_created": {"$lt": t}},
+        true,
+    ));
     let over = cx.write(&ctx, &del_over).await?.n;
     Ok(in_buckets + over)
 }
@@ -449,14 +485,19 @@ mod tests {
     use chrono::TimeZone;
 
     fn t(m: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2024, 5, 1, 12, m, 0).single().expect("time")
+        Utc.with_ymd_and_hms(2024, 5, 1, 12, m, 0)
+            .single()
+            .expect("time")
     }
 
     #[test]
     fn bucket_upsert_is_dp3s() {
         let e = Eid::String("e1".into());
         let snap = stamp(&doc! {"eid": "e1", "v": 1}, t(0));
-        assert_eq!(snap, doc! {"eid": "e1", "v": 1, "_time_created": value::time(t(0))});
+        assert_eq!(
+            snap,
+            doc! {"eid": "e1", "v": 1, "_time_created": value::time(t(0))}
+        );
         let s = bucket_upsert(&e, &snap, t(0), 32);
         let secs = t(0).timestamp();
         assert_eq!(
@@ -495,9 +536,16 @@ mod tests {
 
     #[test]
     fn owners_match_ids_and_eids() {
-        let eids = [Eid::String("a_#b".into()), Eid::Int(-129), Eid::Ipv4("1.2.3.4".parse().expect("ip"))];
+        let eids = [
+            Eid::String("a_#b".into()),
+            Eid::Int(-129),
+            Eid::Ipv4("1.2.3.4".parse().expect("ip")),
+        ];
         for e in &eids {
-            assert_eq!(owner_of_id(&make_bucket_id(e, 1_700_000_000)), Some(owner_of_eid(e)));
+            assert_eq!(
+                owner_of_id(&make_bucket_id(e, 1_700_000_000)),
+                Some(owner_of_eid(e))
+            );
         }
         assert_ne!(owner_of_eid(&Eid::Int(1)), owner_of_eid(&Eid::Int(2)));
         assert_eq!(owner_of_id(&Bson::Int32(1)), None);
@@ -511,7 +559,7 @@ mod tests {
         assert_eq!(
             m,
             doc! {"_id": "big_#1", "oversized": true, "last": snap.clone(),
-                  "_time_created": value::time(t(5)), "count": 0, "latest": true}
+            "_time_created": value::time(t(5)), "count": 0, "latest": true}
         );
         let d = oversized_doc(&e, &snap);
         assert!(matches!(d.get("_id"), Some(Bson::ObjectId(_))));
@@ -525,7 +573,12 @@ mod tests {
         let filter = doc! {"last.eid": {"$in": ["$$IPv4{1.2.3.4}"]}, "latest": false, "$or": [{"last.n": 1}]};
         let f = list_find(
             "F",
-            &SnapshotQuery { filter: filter.clone(), sort: vec![("last.n".into(), -1)], skip: 1, limit: 2 },
+            &SnapshotQuery {
+                filter: filter.clone(),
+                sort: vec![("last.n".into(), -1)],
+                skip: 1,
+                limit: 2,
+            },
         )
         .expect("query");
         let mut expected = filter;
@@ -536,15 +589,32 @@ mod tests {
         assert_eq!((f.skip, f.limit), (1, 2));
         let default = list_find("F", &SnapshotQuery::default()).expect("query");
         assert_eq!(default.sort, Some(doc! {"_id": 1}));
-        assert!(list_find("F", &SnapshotQuery { sort: vec![("x".into(), 2)], ..Default::default() }).is_err());
+        assert!(
+            list_find(
+                "F",
+                &SnapshotQuery {
+                    sort: vec![("x".into(), 2)],
+                    ..Default::default()
+                }
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn history_and_distinct_pipelines() {
-        let q = HistoryQuery { from: Some(t(1)), to: None, skip: 0, limit: 5 };
+        let q = HistoryQuery {
+            from: Some(t(1)),
+            to: None,
+            skip: 0,
+            limit: 5,
+        };
         let p = history_pipeline(&Eid::String("e".into()), &q);
         assert_eq!(p[1], doc! {"$unwind": "$history"});
-        assert_eq!(p[3], doc! {"$match": {"_time_created": {"$gte": value::time(t(1))}}});
+        assert_eq!(
+            p[3],
+            doc! {"$match": {"_time_created": {"$gte": value::time(t(1))}}}
+        );
         assert_eq!(p.last(), Some(&doc! {"$limit": 5i64}));
         assert!(!p.iter().any(|s| s.contains_key("$skip")));
         let d = distinct_pipeline("tags").expect("pipeline");

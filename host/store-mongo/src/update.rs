@@ -40,7 +40,10 @@ pub fn master_update(writes: &[&EntityWrite]) -> Result<Option<(Document, u64)>>
         for (attr, v, ts) in &w.plain {
             check_attr(attr)?;
             // last write wins (Document::insert replaces the value)
-            set.insert(attr.as_str(), doc! {"v": v.clone(), "ts_last_update": value::time(*ts)});
+            set.insert(
+                attr.as_str(),
+                doc! {"v": v.clone(), "ts_last_update": value::time(*ts)},
+            );
         }
         for (attr, item) in &w.history {
             check_attr(attr)?;
@@ -116,7 +119,10 @@ pub fn replace_histories_update(histories: &[(String, Vec<HistoryItem>)]) -> Res
         unset.remove(&key);
         match items.iter().map(|i| i.t2).min() {
             Some(t2) => {
-                let list: Vec<Bson> = items.iter().map(|i| Bson::Document(history_item(i))).collect();
+                let list: Vec<Bson> = items
+                    .iter()
+                    .map(|i| Bson::Document(history_item(i)))
+                    .collect();
                 set.insert(attr.as_str(), list);
                 set.insert(key, value::time(t2));
             }
@@ -166,22 +172,36 @@ mod tests {
     use dp3_store::Creation;
 
     fn at(m: i64) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).single().expect("time") + chrono::Duration::minutes(m)
+        Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0)
+            .single()
+            .expect("time")
+            + chrono::Duration::minutes(m)
     }
 
     fn item(t1: i64, t2: i64, v: i32, c: Option<f64>) -> HistoryItem {
-        HistoryItem { t1: at(t1), t2: at(t2), v: Bson::Int32(v), c }
+        HistoryItem {
+            t1: at(t1),
+            t2: at(t2),
+            v: Bson::Int32(v),
+            c,
+        }
     }
 
     #[test]
     fn dp3_upsert_shape() {
         let mut w1 = EntityWrite::new("bus", Eid::String("b".into()));
-        w1.create = Some(Creation { hash: 50631, time_created: at(0) });
-        w1.plain.push(("label".into(), Bson::String("a".into()), at(1)));
-        w1.history.push(("speed".into(), item(10, 12, 1, Some(0.5))));
+        w1.create = Some(Creation {
+            hash: 50631,
+            time_created: at(0),
+        });
+        w1.plain
+            .push(("label".into(), Bson::String("a".into()), at(1)));
+        w1.history
+            .push(("speed".into(), item(10, 12, 1, Some(0.5))));
         w1.ttl.push(("base".into(), at(30)));
         let mut w2 = EntityWrite::new("bus", Eid::String("b".into()));
-        w2.plain.push(("label".into(), Bson::String("b".into()), at(2)));
+        w2.plain
+            .push(("label".into(), Bson::String("b".into()), at(2)));
         w2.history.push(("speed".into(), item(2, 3, 2, Some(1.0))));
         w2.history.push(("load".into(), item(0, 10, 3, None)));
         w2.ttl.push(("base".into(), at(20)));
@@ -214,8 +234,14 @@ mod tests {
         w.ttl.push(("custom".into(), at(5)));
         let (u, n) = master_update(&[&w]).expect("valid").expect("changes");
         assert_eq!(n, 0);
-        assert!(!u.contains_key("$setOnInsert"), "no #hash for TTL-only writes: {u}");
-        assert_eq!(u.get_document("$max").expect("max"), &doc! {"#ttl.custom": value::time(at(5))});
+        assert!(
+            !u.contains_key("$setOnInsert"),
+            "no #hash for TTL-only writes: {u}"
+        );
+        assert_eq!(
+            u.get_document("$max").expect("max"),
+            &doc! {"#ttl.custom": value::time(at(5))}
+        );
     }
 
     #[test]
@@ -236,7 +262,10 @@ mod tests {
     #[test]
     fn replace_histories_sets_and_unsets() {
         let u = replace_histories_update(&[
-            ("o".into(), vec![item(0, 5, 1, Some(1.0)), item(0, 2, 1, Some(1.0))]),
+            (
+                "o".into(),
+                vec![item(0, 5, 1, Some(1.0)), item(0, 2, 1, Some(1.0))],
+            ),
             ("k".into(), vec![]),
         ])
         .expect("valid");
@@ -269,7 +298,10 @@ mod tests {
             }}}}
         );
         let second = p[1].get_document("$set").expect("$set");
-        assert!(second.contains_key("#min_t2s.o") && second.contains_key("o"), "{second}");
+        assert!(
+            second.contains_key("#min_t2s.o") && second.contains_key("o"),
+            "{second}"
+        );
         assert!(delete_old_history_pipeline("a.b", Bson::Null).is_err());
     }
 }

@@ -40,11 +40,16 @@ pub struct Plan {
 
 impl Plan {
     fn push(&mut self, cmd: WriteCommand, master: bool) {
-        if let Some(Step::Write { cmd: last, master: m }) = self.steps.last_mut() {
-            if last.coll == cmd.coll && last.kind == cmd.kind && *m == master {
-                last.statements.extend(cmd.statements);
-                return;
-            }
+        if let Some(Step::Write {
+            cmd: last,
+            master: m,
+        }) = self.steps.last_mut()
+            && last.coll == cmd.coll
+            && last.kind == cmd.kind
+            && *m == master
+        {
+            last.statements.extend(cmd.statements);
+            return;
         }
         self.steps.push(Step::Write { cmd, master });
     }
@@ -201,16 +206,23 @@ pub async fn delete_entity(
 ) -> Result<bool> {
     let ctx = format!("delete {etype}/{eid}");
     let id = eid.to_bson();
-    let del = |coll: String, q: Document| single(coll, WriteKind::Delete, WriteCommand::delete(q, true));
+    let del =
+        |coll: String, q: Document| single(coll, WriteKind::Delete, WriteCommand::delete(q, true));
     let existed = cx
         .write(&ctx, &del(names::master(etype), doc! {"_id": id.clone()}))
         .await?
         .n
         > 0;
-    cx.write(&ctx, &del(names::snapshots(etype), doc! {"_id": eid_buckets(eid)}))
-        .await?;
-    cx.write(&ctx, &del(names::snapshots_oversized(etype), doc! {"eid": id}))
-        .await?;
+    cx.write(
+        &ctx,
+        &del(names::snapshots(etype), doc! {"_id": eid_buckets(eid)}),
+    )
+    .await?;
+    cx.write(
+        &ctx,
+        &del(names::snapshots_oversized(etype), doc! {"eid": id}),
+    )
+    .await?;
     let key = LinkKey::new(etype, eid.clone()).to_string();
     let mut sources = Find::new(LINK_CACHE, doc! {"to": &key, "ttl": live(now)});
     sources.projection = Some(doc! {"_id": 0, "from": 1, "using_attr": 1});
@@ -228,7 +240,9 @@ pub async fn delete_entity(
         let Some((src_etype, src_eid)) = split_key(&from) else {
             continue;
         };
-        let attr = using_attr.split_once('#').map_or(using_attr.as_str(), |(_, a)| a);
+        let attr = using_attr
+            .split_once('#')
+            .map_or(using_attr.as_str(), |(_, a)| a);
         if check_etype(src_etype).is_err() || check_attr(attr).is_err() {
             continue; // not something we could have written; leave foreign entries alone
         }
@@ -236,7 +250,10 @@ pub async fn delete_entity(
     }
     cx.write(
         &ctx,
-        &del(LINK_CACHE.to_owned(), doc! {"$or": [{"from": &key}, {"to": &key}]}),
+        &del(
+            LINK_CACHE.to_owned(),
+            doc! {"$or": [{"from": &key}, {"to": &key}]},
+        ),
     )
     .await?;
     Ok(existed)
@@ -297,7 +314,9 @@ mod tests {
     use dp3_store::{Creation, LinkOp};
 
     fn t0() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).single().expect("time")
+        Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0)
+            .single()
+            .expect("time")
     }
 
     fn plain(etype: &str, eid: &str, attr: &str, v: i32) -> WriteOp {
@@ -322,14 +341,20 @@ mod tests {
     #[test]
     fn plan_orders_and_merges() {
         let mut create = EntityWrite::new("B", Eid::String("x".into()));
-        create.create = Some(Creation { hash: 1, time_created: t0() });
+        create.create = Some(Creation {
+            hash: 1,
+            time_created: t0(),
+        });
         let batch = WriteBatch {
             ops: vec![
                 plain("B", "y", "a", 1),
                 WriteOp::Entity(create),
                 plain("A", "z", "a", 1),
                 plain("B", "y", "a", 2),
-                WriteOp::Delete { etype: "A".into(), eid: Eid::String("z".into()) },
+                WriteOp::Delete {
+                    etype: "A".into(),
+                    eid: Eid::String("z".into()),
+                },
                 WriteOp::Link(LinkOp::Upsert {
                     from: LinkKey::new("A", Eid::String("q".into())),
                     to: LinkKey::new("B", Eid::String("y".into())),
@@ -348,7 +373,9 @@ mod tests {
             .steps
             .iter()
             .map(|s| match s {
-                Step::Write { cmd, .. } => format!("{:?} {} x{}", cmd.kind, cmd.coll, cmd.statements.len()),
+                Step::Write { cmd, .. } => {
+                    format!("{:?} {} x{}", cmd.kind, cmd.coll, cmd.statements.len())
+                }
                 Step::Delete { etype, eid } => format!("delete {etype}/{eid}"),
             })
             .collect();
@@ -366,17 +393,32 @@ mod tests {
             ]
         );
         // writes of one entity merged: last plain value wins
-        let Step::Write { cmd, .. } = &plan.steps[1] else { panic!("write") };
-        let y = cmd.statements.iter().find(|s| s.get_document("q").ok() == Some(&doc! {"_id": "y"})).expect("y");
+        let Step::Write { cmd, .. } = &plan.steps[1] else {
+            panic!("write")
+        };
+        let y = cmd
+            .statements
+            .iter()
+            .find(|s| s.get_document("q").ok() == Some(&doc! {"_id": "y"}))
+            .expect("y");
         assert_eq!(
-            y.get_document("u").and_then(|u| u.get_document("$set")).expect("$set"),
+            y.get_document("u")
+                .and_then(|u| u.get_document("$set"))
+                .expect("$set"),
             &doc! {"a": {"v": 2, "ts_last_update": dp3_model::value::time(t0())}}
         );
         // raw documents: generated _id first, then DP3's raw shape
-        let Step::Write { cmd, .. } = &plan.steps[5] else { panic!("write") };
+        let Step::Write { cmd, .. } = &plan.steps[5] else {
+            panic!("write")
+        };
         let keys: Vec<&str> = cmd.statements[0].keys().map(String::as_str).collect();
-        assert_eq!(keys, ["_id", "etype", "eid", "attr", "src", "v", "c", "t1", "t2"]);
-        let Step::Write { cmd, .. } = &plan.steps[7] else { panic!("write") };
+        assert_eq!(
+            keys,
+            ["_id", "etype", "eid", "attr", "src", "v", "c", "t1", "t2"]
+        );
+        let Step::Write { cmd, .. } = &plan.steps[7] else {
+            panic!("write")
+        };
         assert_eq!(
             cmd.statements[0],
             doc! {"q": {"_id": "w"}, "u": {"_id": "w", "value": {"n": 1}}, "upsert": true, "multi": false}
@@ -386,11 +428,24 @@ mod tests {
     #[test]
     fn unencodable_batch_fails_before_writing() {
         let mut bad = EntityWrite::new("A", Eid::String("b".into()));
-        bad.plain.push(("y".into(), Bson::Document(doc! {"bad\0key": 1}), t0()));
-        let batch = WriteBatch { ops: vec![plain("A", "a", "x", 1), WriteOp::Entity(bad)], ..Default::default() };
+        bad.plain
+            .push(("y".into(), Bson::Document(doc! {"bad\0key": 1}), t0()));
+        let batch = WriteBatch {
+            ops: vec![plain("A", "a", "x", 1), WriteOp::Entity(bad)],
+            ..Default::default()
+        };
         assert!(build_plan(&batch).is_err());
-        let bad_type = WriteBatch { ops: vec![plain("a#b", "a", "x", 1)], ..Default::default() };
-        assert!(matches!(build_plan(&bad_type), Err(StoreError::InvalidQuery(_))));
-        assert_eq!(build_plan(&WriteBatch::default()).expect("empty").steps, vec![]);
+        let bad_type = WriteBatch {
+            ops: vec![plain("a#b", "a", "x", 1)],
+            ..Default::default()
+        };
+        assert!(matches!(
+            build_plan(&bad_type),
+            Err(StoreError::InvalidQuery(_))
+        ));
+        assert_eq!(
+            build_plan(&WriteBatch::default()).expect("empty").steps,
+            vec![]
+        );
     }
 }

@@ -799,3 +799,88 @@ mod tests {
         assert_eq!(p("link<a,link<b>>").referenced_etypes(), vec!["a", "b"]);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn primitive() -> impl Strategy<Value = Primitive> {
+        proptest::sample::select(Primitive::ALL.to_vec())
+    }
+
+    fn ident() -> impl Strategy<Value = String> {
+        "[a-z_][a-z0-9_]{0,6}"
+    }
+
+    fn link() -> impl Strategy<Value = DataType> {
+        (
+            ident(),
+            proptest::option::of(primitive()),
+            proptest::option::of(ident()),
+        )
+            .prop_map(|(etype, data, mirror)| DataType::Link {
+                etype,
+                data: data.map(|p| Box::new(DataType::Primitive(p))),
+                mirror,
+            })
+    }
+
+    fn data_type() -> impl Strategy<Value = DataType> {
+        let elem = prop_oneof![primitive().prop_map(DataType::Primitive), link()];
+        prop_oneof![
+            primitive().prop_map(DataType::Primitive),
+            link(),
+            elem.clone().prop_map(|e| DataType::Array(Box::new(e))),
+            elem.prop_map(|e| DataType::Set(Box::new(e))),
+            proptest::collection::vec((ident(), any::<bool>(), primitive()), 1..4).prop_map(
+                |fields| {
+                    let mut out: Vec<DictField> = Vec::new();
+                    for (name, optional, ty) in fields {
+                        if !out.iter().any(|f| f.name == name) {
+                            out.push(DictField { name, optional, ty });
+                        }
+                    }
+                    DataType::Dict(out)
+                }
+            ),
+            proptest::collection::vec(ident(), 1..4).prop_map(|vals| {
+                let mut members: Vec<Bson> = Vec::new();
+                for v in vals {
+                    if !members.contains(&Bson::String(v.clone())) {
+                        members.push(Bson::String(v));
+                    }
+                }
+                DataType::Category {
+                    base: Primitive::String,
+                    members,
+                }
+            }),
+            proptest::collection::btree_set(0i64..100_000, 1..4).prop_map(|vals| {
+                DataType::Category {
+                    base: Primitive::Int,
+                    members: vals.into_iter().map(crate::value::int).collect(),
+                }
+            }),
+        ]
+    }
+
+    proptest! {
+        /// The canonical display parses back to the same type.
+        #[test]
+        fn display_round_trips(t in data_type()) {
+            let shown = t.to_string();
+            prop_assert_eq!(DataType::parse(&shown), Ok(t), "{}", shown);
+        }
+
+        /// Arbitrary input never panics, and whatever parses displays to something that
+        /// parses to the same type.
+        #[test]
+        fn parse_never_panics(s in "[a-z<>,;:?= _0-9]{0,40}") {
+            if let Ok(t) = DataType::parse(&s) {
+                prop_assert_eq!(DataType::parse(&t.to_string()), Ok(t));
+            }
+        }
+    }
+}

@@ -290,3 +290,33 @@ mod tests {
         assert_eq!(format_duration(TimeDelta::seconds(3600 + 5)), "1h5s");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,30}") {
+            let _ = parse_duration_str(&s);
+        }
+
+        #[test]
+        fn unit_forms_scale(n in 0i64..1_000_000, unit in proptest::sample::select(vec![("s", 1), ("m", 60), ("h", 3600), ("d", 86400)])) {
+            prop_assert_eq!(parse_duration_str(&format!("{n}{}", unit.0)), Ok(TimeDelta::seconds(n * unit.1)));
+        }
+
+        #[test]
+        fn format_parses_back(secs in 0i64..10_000_000_000) {
+            let d = TimeDelta::seconds(secs);
+            let text = format_duration(d);
+            // The formatted form is for humans; compound forms are not DP3 syntax, but a
+            // single-unit output must parse back.
+            if text.matches(char::is_alphabetic).count() == 1 {
+                prop_assert_eq!(parse_duration_str(&text), Ok(d));
+            }
+        }
+    }
+}

@@ -489,6 +489,20 @@ impl Default for SnapshotsConfig {
     }
 }
 
+impl Config {
+    /// Time span covered by one snapshot bucket: the creation interval ×
+    /// `database.storage.snapshot_bucket_size` (data-model.md §1.3.5, §8.5).
+    pub fn snapshot_bucket_span(&self) -> TimeDelta {
+        let size = i64::from(self.database.storage.snapshot_bucket_size);
+        self.snapshots
+            .creation_interval()
+            .num_seconds()
+            .checked_mul(size)
+            .and_then(TimeDelta::try_seconds)
+            .unwrap_or(TimeDelta::MAX)
+    }
+}
+
 impl SnapshotsConfig {
     /// The nominal interval between snapshot runs used for bucket sizing (data-model.md
     /// §1.3.5): `*/N` → N units; other strings → next larger unit / number of list items.
@@ -542,7 +556,7 @@ fn check_creation_rate(ctx: &mut Ctx, v: &Yaml, path: &str) -> bool {
         .keys()
         .filter(|k| k.as_str() != Some("timezone"))
         .collect();
-    if keys.len() != 1 {
+    let [only] = keys.as_slice() else {
         ctx.invalid(
             path,
             v,
@@ -550,8 +564,8 @@ fn check_creation_rate(ctx: &mut Ctx, v: &Yaml, path: &str) -> bool {
             expected,
         );
         return false;
-    }
-    let key = keys[0].as_str().unwrap_or_default();
+    };
+    let key = only.as_str().unwrap_or_default();
     if !matches!(key, "second" | "minute" | "hour" | "day") {
         ctx.invalid(path, v, "unsupported snapshot creation rate:", expected);
         return false;

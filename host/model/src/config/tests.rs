@@ -1089,6 +1089,8 @@ fn valid_sections_parse_into_typed_values() {
     assert_eq!(p.enabled_modules, vec!["first_seen".to_owned()]);
     assert!(!c.snapshots.keep_empty);
     assert_eq!(c.snapshots.creation_interval(), TimeDelta::minutes(15));
+    // 15 min × 48 = 12 h (data-model.md §1.5).
+    assert_eq!(c.snapshot_bucket_span(), TimeDelta::hours(12));
     assert!(c.control.allows(ControlAction::MakeSnapshots));
     assert!(!c.control.allows(ControlAction::RefreshOnEntityCreation));
     assert_eq!(c.api.listen.as_deref(), Some("127.0.0.1:5000"));

@@ -18,7 +18,11 @@ pub struct ResolvedPath {
 ///
 /// Unlike DP3, paths through mirror (read-only) attributes are rejected: DP3 accepts them
 /// but then crashes during link resolution (core.md §5.8 **[bug]**).
-pub fn resolve_path(model: &ModelSpec, etype: &str, path: &[String]) -> Result<ResolvedPath, String> {
+pub fn resolve_path(
+    model: &ModelSpec,
+    etype: &str,
+    path: &[String],
+) -> Result<ResolvedPath, String> {
     let rendered = || format!("{etype}->{}", path.join("->"));
     if path.is_empty() {
         return Err(format!("Invalid path '{etype}': the path is empty"));
@@ -80,7 +84,12 @@ impl DependencyGraph {
     /// Add a hook with its resolved `depends_on` and `may_change` destinations. On a cycle the
     /// graph is left unchanged (unlike DP3, whose rejected edges poison every later
     /// registration, core.md §3.7.4 **[bug]**) and the error names the cycle.
-    pub fn add_hook(&mut self, id: &str, depends_on: &[String], may_change: &[String]) -> Result<(), String> {
+    pub fn add_hook(
+        &mut self,
+        id: &str,
+        depends_on: &[String],
+        may_change: &[String],
+    ) -> Result<(), String> {
         if self.vertices.contains_key(id) {
             return Err(format!("Hook id {id} already present in the vertices"));
         }
@@ -127,7 +136,8 @@ impl DependencyGraph {
                 indeg[t] += 1;
             }
         }
-        let mut queue: std::collections::VecDeque<usize> = (0..n).filter(|&v| indeg[v] == 0).collect();
+        let mut queue: std::collections::VecDeque<usize> =
+            (0..n).filter(|&v| indeg[v] == 0).collect();
         let mut order = Vec::with_capacity(n);
         while let Some(v) = queue.pop_front() {
             order.push(v);
@@ -149,7 +159,12 @@ impl DependencyGraph {
 
     /// A cycle among the vertices Kahn could not process (positive remaining in-degree).
     fn find_cycle(&self, indeg: &[usize]) -> Vec<String> {
-        let name = |v: usize| self.vertices.get_index(v).map(|(k, _)| k.clone()).unwrap_or_default();
+        let name = |v: usize| {
+            self.vertices
+                .get_index(v)
+                .map(|(k, _)| k.clone())
+                .unwrap_or_default()
+        };
         let Some(start) = (0..indeg.len()).find(|&v| indeg[v] > 0) else {
             return Vec::new();
         };
@@ -228,13 +243,24 @@ mod tests {
     #[test]
     fn cycles_are_rejected_without_poisoning() {
         let mut g = DependencyGraph::default();
-        g.add_hook("h1", &s(&["A.data1"]), &s(&["A.data2"])).unwrap();
-        let e = g.add_hook("h2", &s(&["A.data2"]), &s(&["A.data1"])).unwrap_err();
+        g.add_hook("h1", &s(&["A.data1"]), &s(&["A.data2"]))
+            .unwrap();
+        let e = g
+            .add_hook("h2", &s(&["A.data2"]), &s(&["A.data1"]))
+            .unwrap_err();
         assert!(e.contains("circular dependency"), "{e}");
-        assert!(e.contains("h1") && e.contains("h2") && e.contains("A.data1"), "{e}");
+        assert!(
+            e.contains("h1") && e.contains("h2") && e.contains("A.data1"),
+            "{e}"
+        );
         // the graph is unchanged, later registrations still work
-        g.add_hook("h3", &s(&["A.data2"]), &s(&["A.data3"])).unwrap();
+        g.add_hook("h3", &s(&["A.data2"]), &s(&["A.data3"]))
+            .unwrap();
         assert!(g.position("h1") < g.position("h3"));
-        assert!(g.add_hook("h3", &[], &[]).unwrap_err().contains("already present"));
+        assert!(
+            g.add_hook("h3", &[], &[])
+                .unwrap_err()
+                .contains("already present")
+        );
     }
 }

@@ -174,10 +174,12 @@ fn check_part(part: &str, min: u32, max: u32, names: &[&str]) -> Result<(), Stri
                 }
                 Ok(())
             }
-            None if step => Err("a step needs '*' or a range before it".into()).or_else(|e: String| {
-                // APScheduler accepts `a/n` (from a to max, every n)
-                value(r).map(|_| ()).map_err(|_| e)
-            }),
+            None if step => {
+                Err("a step needs '*' or a range before it".into()).or_else(|e: String| {
+                    // APScheduler accepts `a/n` (from a to max, every n)
+                    value(r).map(|_| ()).map_err(|_| e)
+                })
+            }
             None => value(r).map(|_| ()),
         },
     }
@@ -191,10 +193,19 @@ mod tests {
     fn valid_and_invalid_fields() {
         assert!(CronSchedule::new().minute("*/5").validate().is_ok());
         assert!(CronSchedule::new().hour(2).minute(0).validate().is_ok());
-        assert!(CronSchedule::new().day_of_week("mon-fri").hour("8-18/2").validate().is_ok());
+        assert!(
+            CronSchedule::new()
+                .day_of_week("mon-fri")
+                .hour("8-18/2")
+                .validate()
+                .is_ok()
+        );
         assert!(CronSchedule::new().second("0,30").validate().is_ok());
         assert!(CronSchedule::new().month("jan,jul").validate().is_ok());
-        let e = CronSchedule::new().minute("not-a-minute").validate().unwrap_err();
+        let e = CronSchedule::new()
+            .minute("not-a-minute")
+            .validate()
+            .unwrap_err();
         assert_eq!(e.field, "minute");
         assert!(CronSchedule::new().minute("61").validate().is_err());
         assert!(CronSchedule::new().hour("*/0").validate().is_err());

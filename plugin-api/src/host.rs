@@ -41,7 +41,9 @@ pub const LIBRARY_SUFFIX: &str = std::env::consts::DLL_SUFFIX;
 pub fn module_name_from_path(path: &Path) -> Option<String> {
     let file = path.file_name()?.to_str()?;
     let stem = file.strip_suffix(LIBRARY_SUFFIX)?;
-    let name = stem.strip_prefix(std::env::consts::DLL_PREFIX).unwrap_or(stem);
+    let name = stem
+        .strip_prefix(std::env::consts::DLL_PREFIX)
+        .unwrap_or(stem);
     (!name.is_empty()).then(|| name.to_owned())
 }
 
@@ -51,7 +53,8 @@ pub fn discover(dir: &Path) -> Result<BTreeMap<String, PathBuf>, LoadError> {
         .map_err(|e| load_err(dir, format!("cannot read the modules directory: {e}")))?;
     let mut found = BTreeMap::new();
     for entry in entries {
-        let entry = entry.map_err(|e| load_err(dir, format!("cannot read the modules directory: {e}")))?;
+        let entry =
+            entry.map_err(|e| load_err(dir, format!("cannot read the modules directory: {e}")))?;
         let path = entry.path();
         if path.is_file()
             && let Some(name) = module_name_from_path(&path)
@@ -68,7 +71,8 @@ pub fn check_permissions(path: &Path) -> Result<(), LoadError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|e| load_err(path, format!("cannot stat: {e}")))?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| load_err(path, format!("cannot stat: {e}")))?;
         if !meta.is_file() {
             return Err(load_err(path, "not a regular file"));
         }
@@ -81,8 +85,12 @@ pub fn check_permissions(path: &Path) -> Result<(), LoadError> {
                 ),
             ));
         }
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let dmeta = std::fs::metadata(dir).map_err(|e| load_err(path, format!("cannot stat its directory: {e}")))?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dmeta = std::fs::metadata(dir)
+            .map_err(|e| load_err(path, format!("cannot stat its directory: {e}")))?;
         let mode = dmeta.permissions().mode();
         // A sticky, world-writable directory (like /tmp) still lets others add files, so it
         // is refused too.
@@ -141,8 +149,14 @@ pub fn load_library(path: &Path, opts: &LoadOptions) -> Result<LoadedLibrary, Lo
     };
     let (root, info) = import::open(path).map_err(|e| load_err(path, e))?;
     import::check_info(&info).map_err(|e| load_err(path, e))?;
-    let instance = import::create(root, &name, &opts.platform, &opts.config_json, Arc::clone(&opts.services))
-        .map_err(|e| load_err(path, e))?;
+    let instance = import::create(
+        root,
+        &name,
+        &opts.platform,
+        &opts.config_json,
+        Arc::clone(&opts.services),
+    )
+    .map_err(|e| load_err(path, e))?;
     Ok(LoadedLibrary {
         path: path.to_owned(),
         info,
@@ -204,8 +218,14 @@ mod tests {
     #[test]
     fn module_names() {
         let so = |s: &str| PathBuf::from(format!("/x/{s}{LIBRARY_SUFFIX}"));
-        assert_eq!(module_name_from_path(&so("libfirst_seen")).as_deref(), Some("first_seen"));
-        assert_eq!(module_name_from_path(&so("plain")).as_deref(), Some("plain"));
+        assert_eq!(
+            module_name_from_path(&so("libfirst_seen")).as_deref(),
+            Some("first_seen")
+        );
+        assert_eq!(
+            module_name_from_path(&so("plain")).as_deref(),
+            Some("plain")
+        );
         assert_eq!(module_name_from_path(Path::new("/x/readme.txt")), None);
     }
 
@@ -223,10 +243,18 @@ mod tests {
         std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
         check_permissions(&lib).unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(check_permissions(&lib).unwrap_err().reason.contains("directory"));
+        assert!(
+            check_permissions(&lib)
+                .unwrap_err()
+                .reason
+                .contains("directory")
+        );
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         // a corrupt library is refused with the file name and a reason
-        let Err(e) = load_library(&lib, &LoadOptions::new(Arc::new(TracingServices::default()))) else {
+        let Err(e) = load_library(
+            &lib,
+            &LoadOptions::new(Arc::new(TracingServices::default())),
+        ) else {
             panic!("a text file loaded as a library");
         };
         assert!(e.to_string().contains("libm"), "{e}");

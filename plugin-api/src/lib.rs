@@ -25,9 +25,9 @@ pub mod host;
 pub mod testing;
 
 pub use bson;
+pub use bson::{Bson, Document, doc};
 pub use chrono;
 pub use chrono::{DateTime, Utc};
-pub use bson::{Bson, Document, doc};
 pub use dp3_model as model;
 pub use dp3_model::value;
 pub use dp3_model::{
@@ -53,7 +53,7 @@ pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 #[doc(hidden)]
 pub mod __private {
     pub use crate::abi::codec::through_codec_attr;
-    pub use crate::abi::export::{AbiInfo, RootRef, __root_module};
+    pub use crate::abi::export::{__root_module, AbiInfo, RootRef};
     pub use abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
 }
 

@@ -87,8 +87,9 @@ pub(crate) fn parse_config<C: DeserializeOwned + Default>(
     module: &str,
     config_json: &str,
 ) -> Result<C, ModuleError> {
-    let v: serde_json::Value = serde_json::from_str(config_json)
-        .map_err(|e| ModuleError::new(format!("module {module}: configuration is not JSON: {e}")))?;
+    let v: serde_json::Value = serde_json::from_str(config_json).map_err(|e| {
+        ModuleError::new(format!("module {module}: configuration is not JSON: {e}"))
+    })?;
     if v.is_null() {
         return Ok(C::default());
     }

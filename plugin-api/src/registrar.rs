@@ -30,7 +30,12 @@ pub struct Registrar {
 impl Registrar {
     /// A registrar for `module` without host services (warnings go to stderr).
     pub fn new(module: impl Into<String>) -> Self {
-        Registrar::with_services(module, PlatformConfig::default(), None, Arc::new(StderrServices))
+        Registrar::with_services(
+            module,
+            PlatformConfig::default(),
+            None,
+            Arc::new(StderrServices),
+        )
     }
 
     pub fn with_services(

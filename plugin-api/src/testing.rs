@@ -77,11 +77,13 @@ pub struct ModuleTest {
 pub fn resolve_config_dir(explicit: Option<&Path>) -> Result<PathBuf, TestError> {
     let dir = match explicit {
         Some(d) => d.to_owned(),
-        None => std::env::var_os(CONFIG_ENV_VAR).map(PathBuf::from).ok_or_else(|| {
-            TestError(format!(
-                "no configuration directory: pass one explicitly or set {CONFIG_ENV_VAR}"
-            ))
-        })?,
+        None => std::env::var_os(CONFIG_ENV_VAR)
+            .map(PathBuf::from)
+            .ok_or_else(|| {
+                TestError(format!(
+                    "no configuration directory: pass one explicitly or set {CONFIG_ENV_VAR}"
+                ))
+            })?,
     };
     std::path::absolute(&dir).map_err(|e| TestError(format!("{}: {e}", dir.display())))
 }
@@ -140,7 +142,12 @@ impl ModuleTest {
 
     /// Registrations of `kind` (`"on_new_attr"`, `"correlation"`, ...; `None` = any) matching
     /// the given entity and attribute (`None` = any).
-    pub fn registered(&self, kind: Option<&str>, entity: Option<&str>, attr: Option<&str>) -> Vec<&Registration> {
+    pub fn registered(
+        &self,
+        kind: Option<&str>,
+        entity: Option<&str>,
+        attr: Option<&str>,
+    ) -> Vec<&Registration> {
         self.registrations()
             .iter()
             .filter(|r| kind.is_none_or(|k| r.hook.kind() == k))
@@ -161,7 +168,10 @@ impl ModuleTest {
     #[track_caller]
     pub fn assert_registered_once(&self, kind: &str, entity: Option<&str>, attr: Option<&str>) {
         let n = self.registered(Some(kind), entity, attr).len();
-        assert_eq!(n, 1, "expected one {kind} hook for entity {entity:?}, attr {attr:?}, found {n}");
+        assert_eq!(
+            n, 1,
+            "expected one {kind} hook for entity {entity:?}, attr {attr:?}, found {n}"
+        );
     }
 
     /// Check every registration the way the host does (entity/attribute existence, paths,
@@ -176,27 +186,48 @@ impl ModuleTest {
                 }
             };
             if let Some(e) = r.hook.entity() {
-                check(self.model.entity(e).map(|_| ()).ok_or_else(|| format!("Entity '{e}' does not exist")));
+                check(
+                    self.model
+                        .entity(e)
+                        .map(|_| ())
+                        .ok_or_else(|| format!("Entity '{e}' does not exist")),
+                );
                 if let Some(a) = r.hook.attr() {
-                    check(self.model.attr(e, a).map(|_| ()).ok_or_else(|| format!("Attribute '{a}' not found in entity '{e}'")));
+                    check(
+                        self.model
+                            .attr(e, a)
+                            .map(|_| ())
+                            .ok_or_else(|| format!("Attribute '{a}' not found in entity '{e}'")),
+                    );
                 }
             }
             match &r.hook {
-                Hook::Correlation { entity, depends_on, may_change, .. } => {
+                Hook::Correlation {
+                    entity,
+                    depends_on,
+                    may_change,
+                    ..
+                } => {
                     let resolve = |ps: &Vec<Vec<String>>| -> Result<Vec<String>, String> {
-                        ps.iter().map(|p| resolve_path(&self.model, entity, p).map(|r| r.dest)).collect()
+                        ps.iter()
+                            .map(|p| resolve_path(&self.model, entity, p).map(|r| r.dest))
+                            .collect()
                     };
                     check(resolve(depends_on).and_then(|d| {
                         let m = resolve(may_change)?;
                         graph.add_hook(&format!("{}({entity})", r.name), &d, &m)
                     }));
                 }
-                Hook::Scheduler { schedule: Some(s), .. } => check(s.validate().map_err(|e| e.to_string())),
+                Hook::Scheduler {
+                    schedule: Some(s), ..
+                } => check(s.validate().map_err(|e| e.to_string())),
                 Hook::PeriodicUpdate { period, .. } | Hook::PeriodicEidUpdate { period, .. } => {
                     if let Some(b) = self.update_batch_period
                         && *period < b
                     {
-                        check(Err(format!("period {period:?} is shorter than update_batch_period {b:?}")));
+                        check(Err(format!(
+                            "period {period:?} is shorter than update_batch_period {b:?}"
+                        )));
                     }
                 }
                 _ => {}
@@ -219,7 +250,12 @@ impl ModuleTest {
     }
 
     /// A task validated against the model (an empty task is an error, as in DP3).
-    pub fn make_task(&self, etype: &str, eid: &str, data_points: Vec<DataPoint>) -> Result<DataPointTask, TestError> {
+    pub fn make_task(
+        &self,
+        etype: &str,
+        eid: &str,
+        data_points: Vec<DataPoint>,
+    ) -> Result<DataPointTask, TestError> {
         let task = DataPointTask {
             etype: etype.into(),
             eid: self.eid(etype, eid)?,
@@ -229,7 +265,15 @@ impl ModuleTest {
         validate_task(&self.model, task, EmptyTasks::Reject).map_err(|e| TestError(e.to_string()))
     }
 
-    fn make_dp(&self, etype: &str, eid: &str, attr: &str, v: Bson, t1: Option<DateTime<Utc>>, t2: Option<DateTime<Utc>>) -> Result<DataPoint, TestError> {
+    fn make_dp(
+        &self,
+        etype: &str,
+        eid: &str,
+        attr: &str,
+        v: Bson,
+        t1: Option<DateTime<Utc>>,
+        t2: Option<DateTime<Utc>>,
+    ) -> Result<DataPoint, TestError> {
         let dp = DataPoint {
             etype: etype.into(),
             eid: self.eid(etype, eid)?,
@@ -241,29 +285,66 @@ impl ModuleTest {
             t2,
         };
         let task = self.make_task(etype, eid, vec![dp])?;
-        task.data_points.into_iter().next().ok_or_else(|| TestError("datapoint vanished".into()))
+        task.data_points
+            .into_iter()
+            .next()
+            .ok_or_else(|| TestError("datapoint vanished".into()))
     }
 
-    pub fn make_plain_datapoint(&self, etype: &str, eid: &str, attr: &str, v: Bson) -> Result<DataPoint, TestError> {
+    pub fn make_plain_datapoint(
+        &self,
+        etype: &str,
+        eid: &str,
+        attr: &str,
+        v: Bson,
+    ) -> Result<DataPoint, TestError> {
         self.make_dp(etype, eid, attr, v, None, None)
     }
 
     /// An observation; `t1` defaults to now, `t2` to `t1`.
-    pub fn make_observation_datapoint(&self, etype: &str, eid: &str, attr: &str, v: Bson, t1: Option<DateTime<Utc>>) -> Result<DataPoint, TestError> {
+    pub fn make_observation_datapoint(
+        &self,
+        etype: &str,
+        eid: &str,
+        attr: &str,
+        v: Bson,
+        t1: Option<DateTime<Utc>>,
+    ) -> Result<DataPoint, TestError> {
         let t1 = t1.unwrap_or_else(Utc::now);
         self.make_dp(etype, eid, attr, v, Some(t1), Some(t1))
     }
 
     /// A timeseries chunk `{series: [...]}`; for regular series `t2 = t1 + n * time_step`.
-    pub fn make_timeseries_datapoint(&self, etype: &str, eid: &str, attr: &str, v: Document, t1: Option<DateTime<Utc>>) -> Result<DataPoint, TestError> {
-        let spec = self.model.attr(etype, attr).ok_or_else(|| TestError(format!("Attribute '{attr}' not found in entity '{etype}'")))?;
-        let AttrKind::Timeseries { timeseries_params, .. } = &spec.kind else {
-            return Err(TestError(format!("'{etype}.{attr}' is not a timeseries attribute")));
+    pub fn make_timeseries_datapoint(
+        &self,
+        etype: &str,
+        eid: &str,
+        attr: &str,
+        v: Document,
+        t1: Option<DateTime<Utc>>,
+    ) -> Result<DataPoint, TestError> {
+        let spec = self.model.attr(etype, attr).ok_or_else(|| {
+            TestError(format!("Attribute '{attr}' not found in entity '{etype}'"))
+        })?;
+        let AttrKind::Timeseries {
+            timeseries_params, ..
+        } = &spec.kind
+        else {
+            return Err(TestError(format!(
+                "'{etype}.{attr}' is not a timeseries attribute"
+            )));
         };
-        let n = v.values().next().and_then(|s| s.as_array()).map(Vec::len).ok_or_else(|| TestError("empty timeseries value".into()))?;
+        let n = v
+            .values()
+            .next()
+            .and_then(|s| s.as_array())
+            .map(Vec::len)
+            .ok_or_else(|| TestError("empty timeseries value".into()))?;
         let t1 = t1.unwrap_or_else(Utc::now);
         let t2 = match timeseries_params.time_step {
-            Some(step) => t1 + step * i32::try_from(n).map_err(|_| TestError("series too long".into()))?,
+            Some(step) => {
+                t1 + step * i32::try_from(n).map_err(|_| TestError("series too long".into()))?
+            }
             None => t1,
         };
         self.make_dp(etype, eid, attr, Bson::Document(v), Some(t1), Some(t2))
@@ -285,11 +366,20 @@ impl ModuleTest {
     }
 
     fn synthetic(&self, etype: &str, eid: &Eid) -> DataPointTask {
-        DataPointTask { etype: etype.into(), eid: eid.clone(), ..DataPointTask::default() }
+        DataPointTask {
+            etype: etype.into(),
+            eid: eid.clone(),
+            ..DataPointTask::default()
+        }
     }
 
     /// AND of the admission hooks, stopping at the first `false`.
-    pub fn run_allow_entity_creation(&self, etype: &str, eid: &Eid, task: Option<&DataPointTask>) -> HookResult<bool> {
+    pub fn run_allow_entity_creation(
+        &self,
+        etype: &str,
+        eid: &Eid,
+        task: Option<&DataPointTask>,
+    ) -> HookResult<bool> {
         let synthetic = self.synthetic(etype, eid);
         let task = task.unwrap_or(&synthetic);
         for h in self.hooks() {
@@ -303,7 +393,12 @@ impl ModuleTest {
         Ok(true)
     }
 
-    pub fn run_on_entity_creation(&self, etype: &str, eid: &Eid, task: Option<&DataPointTask>) -> HookResult<Vec<DataPointTask>> {
+    pub fn run_on_entity_creation(
+        &self,
+        etype: &str,
+        eid: &Eid,
+        task: Option<&DataPointTask>,
+    ) -> HookResult<Vec<DataPointTask>> {
         let synthetic = self.synthetic(etype, eid);
         let task = task.unwrap_or(&synthetic);
         let mut out = Vec::new();
@@ -317,10 +412,21 @@ impl ModuleTest {
         Ok(out)
     }
 
-    pub fn run_on_new_attr(&self, etype: &str, attr: &str, eid: &Eid, dp: &DataPoint) -> HookResult<Vec<DataPointTask>> {
+    pub fn run_on_new_attr(
+        &self,
+        etype: &str,
+        attr: &str,
+        eid: &Eid,
+        dp: &DataPoint,
+    ) -> HookResult<Vec<DataPointTask>> {
         let mut out = Vec::new();
         for h in self.hooks() {
-            if let Hook::OnNewAttr { entity, attr: a, hook, .. } = h
+            if let Hook::OnNewAttr {
+                entity,
+                attr: a,
+                hook,
+                ..
+            } = h
                 && entity == etype
                 && a == attr
             {
@@ -330,10 +436,19 @@ impl ModuleTest {
         Ok(out)
     }
 
-    pub fn run_timeseries_hook(&self, etype: &str, attr: &str, history: &[Document]) -> HookResult<Vec<DataPointTask>> {
+    pub fn run_timeseries_hook(
+        &self,
+        etype: &str,
+        attr: &str,
+        history: &[Document],
+    ) -> HookResult<Vec<DataPointTask>> {
         let mut out = Vec::new();
         for h in self.hooks() {
-            if let Hook::Timeseries { entity, attr: a, hook } = h
+            if let Hook::Timeseries {
+                entity,
+                attr: a,
+                hook,
+            } = h
                 && entity == etype
                 && a == attr
             {
@@ -346,7 +461,12 @@ impl ModuleTest {
     /// The correlation hooks of `etype` on `record` (which must contain `eid`), in
     /// topological order; `record` is mutated in place. Linked `record`s are not filled in:
     /// tests put them into the links themselves.
-    pub fn run_correlation_hooks(&self, etype: &str, record: &mut Document, master: Option<&Document>) -> HookResult<Vec<DataPointTask>> {
+    pub fn run_correlation_hooks(
+        &self,
+        etype: &str,
+        record: &mut Document,
+        master: Option<&Document>,
+    ) -> HookResult<Vec<DataPointTask>> {
         if !record.contains_key("eid") {
             return Err(crate::HookError::new("the record must contain 'eid'"));
         }
@@ -355,9 +475,17 @@ impl ModuleTest {
         let mut graph = DependencyGraph::default();
         let mut hooks = Vec::new();
         for r in self.registrations() {
-            if let Hook::Correlation { entity, depends_on, may_change, hook } = &r.hook {
+            if let Hook::Correlation {
+                entity,
+                depends_on,
+                may_change,
+                hook,
+            } = &r.hook
+            {
                 let resolve = |ps: &Vec<Vec<String>>| -> Result<Vec<String>, String> {
-                    ps.iter().map(|p| resolve_path(&self.model, entity, p).map(|r| r.dest)).collect()
+                    ps.iter()
+                        .map(|p| resolve_path(&self.model, entity, p).map(|r| r.dest))
+                        .collect()
                 };
                 let id = format!("{}({entity})", r.name);
                 let d = resolve(depends_on).map_err(crate::HookError::new)?;
@@ -400,7 +528,13 @@ impl ModuleTest {
     }
 
     /// All record-periodic hooks of `etype` (any period), or only `hook_id`.
-    pub fn run_periodic_update(&self, etype: &str, eid: &Eid, master: &Document, hook_id: Option<&str>) -> HookResult<Vec<DataPointTask>> {
+    pub fn run_periodic_update(
+        &self,
+        etype: &str,
+        eid: &Eid,
+        master: &Document,
+        hook_id: Option<&str>,
+    ) -> HookResult<Vec<DataPointTask>> {
         let mut out = Vec::new();
         for r in self.registrations() {
             if let Hook::PeriodicUpdate { entity, hook, .. } = &r.hook
@@ -413,7 +547,12 @@ impl ModuleTest {
         Ok(out)
     }
 
-    pub fn run_periodic_eid_update(&self, etype: &str, eid: &Eid, hook_id: Option<&str>) -> HookResult<Vec<DataPointTask>> {
+    pub fn run_periodic_eid_update(
+        &self,
+        etype: &str,
+        eid: &Eid,
+        hook_id: Option<&str>,
+    ) -> HookResult<Vec<DataPointTask>> {
         let mut out = Vec::new();
         for r in self.registrations() {
             if let Hook::PeriodicEidUpdate { entity, hook, .. } = &r.hook
@@ -435,7 +574,9 @@ impl ModuleTest {
                 return job();
             }
         }
-        Err(crate::HookError::new(format!("no scheduler job named '{name}'")))
+        Err(crate::HookError::new(format!(
+            "no scheduler job named '{name}'"
+        )))
     }
 }
 
@@ -445,7 +586,9 @@ impl ModuleTest {
 /// values by equality, with ints of different widths and floats compared numerically.
 pub fn matches_partial(actual: &Bson, expected: &Bson) -> bool {
     match (actual, expected) {
-        (Bson::Document(a), Bson::Document(e)) => e.iter().all(|(k, ev)| a.get(k).is_some_and(|av| matches_partial(av, ev))),
+        (Bson::Document(a), Bson::Document(e)) => e
+            .iter()
+            .all(|(k, ev)| a.get(k).is_some_and(|av| matches_partial(av, ev))),
         (a, e) => match (dp3_model::value::as_f64(a), dp3_model::value::as_f64(e)) {
             (Some(x), Some(y)) => x == y,
             _ => a == e,
@@ -466,7 +609,10 @@ pub struct DpMatch {
 
 impl DpMatch {
     pub fn attr(attr: &str) -> Self {
-        DpMatch { attr: Some(attr.into()), ..Default::default() }
+        DpMatch {
+            attr: Some(attr.into()),
+            ..Default::default()
+        }
     }
     pub fn v(mut self, v: impl Into<Bson>) -> Self {
         self.v = Some(v.into());
@@ -499,7 +645,10 @@ pub fn assert_no_tasks(tasks: &[DataPointTask]) {
 /// No task carries datapoints (TTL-only and delete tasks are allowed).
 #[track_caller]
 pub fn assert_no_datapoints(tasks: &[DataPointTask]) {
-    assert!(tasks.iter().all(|t| t.data_points.is_empty()), "expected no datapoints, got {tasks:#?}");
+    assert!(
+        tasks.iter().all(|t| t.data_points.is_empty()),
+        "expected no datapoints, got {tasks:#?}"
+    );
 }
 
 /// The first datapoint matching `m`.
@@ -514,10 +663,19 @@ pub fn assert_datapoint<'a>(tasks: &'a [DataPointTask], m: &DpMatch) -> &'a Data
 
 /// The first task for `etype`/`eid` (and containing a datapoint matching `dp`, if given).
 #[track_caller]
-pub fn assert_task_emitted<'a>(tasks: &'a [DataPointTask], etype: &str, eid: &Eid, dp: Option<&DpMatch>) -> &'a DataPointTask {
+pub fn assert_task_emitted<'a>(
+    tasks: &'a [DataPointTask],
+    etype: &str,
+    eid: &Eid,
+    dp: Option<&DpMatch>,
+) -> &'a DataPointTask {
     tasks
         .iter()
-        .find(|t| t.etype == etype && t.eid == *eid && dp.is_none_or(|m| t.data_points.iter().any(|d| m.matches(d))))
+        .find(|t| {
+            t.etype == etype
+                && t.eid == *eid
+                && dp.is_none_or(|m| t.data_points.iter().any(|d| m.matches(d)))
+        })
         .unwrap_or_else(|| panic!("no task for {etype}:{eid} matching {dp:?} in {tasks:#?}"))
 }
 
@@ -525,7 +683,10 @@ pub fn assert_task_emitted<'a>(tasks: &'a [DataPointTask], etype: &str, eid: &Ei
 #[track_caller]
 pub fn assert_record_contains(record: &Document, expected: &Document) {
     assert!(
-        matches_partial(&Bson::Document(record.clone()), &Bson::Document(expected.clone())),
+        matches_partial(
+            &Bson::Document(record.clone()),
+            &Bson::Document(expected.clone())
+        ),
         "record {record} does not contain {expected}"
     );
 }
@@ -537,10 +698,22 @@ mod tests {
 
     #[test]
     fn partial_matching() {
-        assert!(matches_partial(&Bson::Document(doc! {"a": 1, "b": {"c": 2, "d": 3}}), &Bson::Document(doc! {"b": {"c": 2i64}})));
-        assert!(!matches_partial(&Bson::Document(doc! {"a": 1}), &Bson::Document(doc! {"a": 2})));
-        assert!(!matches_partial(&Bson::Document(doc! {"a": 1}), &Bson::Document(doc! {"z": 1})));
-        assert!(matches_partial(&Bson::Array(vec![1.into()]), &Bson::Array(vec![1.into()])));
+        assert!(matches_partial(
+            &Bson::Document(doc! {"a": 1, "b": {"c": 2, "d": 3}}),
+            &Bson::Document(doc! {"b": {"c": 2i64}})
+        ));
+        assert!(!matches_partial(
+            &Bson::Document(doc! {"a": 1}),
+            &Bson::Document(doc! {"a": 2})
+        ));
+        assert!(!matches_partial(
+            &Bson::Document(doc! {"a": 1}),
+            &Bson::Document(doc! {"z": 1})
+        ));
+        assert!(matches_partial(
+            &Bson::Array(vec![1.into()]),
+            &Bson::Array(vec![1.into()])
+        ));
     }
 
     #[test]

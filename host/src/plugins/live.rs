@@ -111,8 +111,8 @@ pub fn read_module_config(config_dir: &Path, module: &str) -> Result<String, Str
     if text.trim().is_empty() {
         return Ok("null".into());
     }
-    let v: serde_json::Value =
-        yaml_serde::from_str(&text).map_err(|e| format!("{}: invalid YAML: {e}", path.display()))?;
+    let v: serde_json::Value = yaml_serde::from_str(&text)
+        .map_err(|e| format!("{}: invalid YAML: {e}", path.display()))?;
     Ok(v.to_string())
 }
 
@@ -124,7 +124,8 @@ fn sha256_hex(path: &Path) -> Result<String, String> {
 
 /// Copy `src` to the content-addressed cache path (temp file, fsync, rename).
 fn cache_copy(src: &Path, cache_dir: &Path, module: &str, hash: &str) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(cache_dir).map_err(|e| format!("cannot create {}: {e}", cache_dir.display()))?;
+    std::fs::create_dir_all(cache_dir)
+        .map_err(|e| format!("cannot create {}: {e}", cache_dir.display()))?;
     let suffix = std::env::consts::DLL_SUFFIX;
     let prefix = hash.get(..16).unwrap_or(hash);
     let dest = cache_dir.join(format!("{module}-{prefix}{suffix}"));
@@ -133,7 +134,8 @@ fn cache_copy(src: &Path, cache_dir: &Path, module: &str, hash: &str) -> Result<
     }
     let bytes = std::fs::read(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
     let tmp = cache_dir.join(format!(".{module}-{prefix}.tmp"));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     f.write_all(&bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
@@ -142,7 +144,8 @@ fn cache_copy(src: &Path, cache_dir: &Path, module: &str, hash: &str) -> Result<
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644));
     }
-    std::fs::rename(&tmp, &dest).map_err(|e| format!("cannot rename into {}: {e}", dest.display()))?;
+    std::fs::rename(&tmp, &dest)
+        .map_err(|e| format!("cannot rename into {}: {e}", dest.display()))?;
     Ok(dest)
 }
 
@@ -176,18 +179,25 @@ impl ModuleLoader {
 
     /// Generations loaded per module.
     pub fn generations(&self) -> HashMap<String, u32> {
-        self.generations.lock().map(|g| g.clone()).unwrap_or_default()
+        self.generations
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default()
     }
 
     /// Startup: load every enabled module. Fails (listing every problem) if an enabled module
     /// is missing, cannot be loaded or has rejected registrations; nothing is swapped then.
     pub fn load_all(&self) -> Result<(), Vec<ReloadError>> {
-        let available = discover(&self.source.modules_dir).map_err(|e| vec![rerr("*", e.to_string())])?;
+        let available =
+            discover(&self.source.modules_dir).map_err(|e| vec![rerr("*", e.to_string())])?;
         let mut errors = Vec::new();
         let mut loaded = IndexMap::new();
         for name in &self.source.enabled_modules {
             let Some(path) = available.get(name) else {
-                errors.push(rerr(name, format!("no library for it in {}", self.source.modules_dir.display())));
+                errors.push(rerr(
+                    name,
+                    format!("no library for it in {}", self.source.modules_dir.display()),
+                ));
                 continue;
             };
             match self.load_generation(name, path) {
@@ -218,8 +228,15 @@ impl ModuleLoader {
 
     fn load_generation(&self, name: &str, path: &Path) -> Result<Generation, ReloadError> {
         let hash = sha256_hex(path).map_err(|e| rerr(name, e))?;
-        let cache = cache_copy(path, &self.source.state_dir.join("plugin-cache"), name, &hash).map_err(|e| rerr(name, e))?;
-        let config_json = read_module_config(&self.source.config_dir, name).map_err(|e| rerr(name, e))?;
+        let cache = cache_copy(
+            path,
+            &self.source.state_dir.join("plugin-cache"),
+            name,
+            &hash,
+        )
+        .map_err(|e| rerr(name, e))?;
+        let config_json =
+            read_module_config(&self.source.config_dir, name).map_err(|e| rerr(name, e))?;
         let mut opts = LoadOptions::new(Arc::clone(&self.source.services));
         opts.module_name = Some(name.to_owned());
         opts.platform = self.source.platform.clone();
@@ -231,7 +248,10 @@ impl ModuleLoader {
         }
         let lib = load_library(&cache, &opts).map_err(|e| rerr(name, e.to_string()))?;
         let count = {
-            let mut g = self.generations.lock().map_err(|_| rerr(name, "generation table poisoned"))?;
+            let mut g = self
+                .generations
+                .lock()
+                .map_err(|_| rerr(name, "generation table poisoned"))?;
             let c = g.entry(name.to_owned()).or_default();
             *c += 1;
             *c
@@ -252,7 +272,11 @@ impl ModuleLoader {
     }
 
     fn build(&self, modules: &IndexMap<String, Generation>) -> Result<HookRegistry, ReloadError> {
-        let mut b = HookRegistryBuilder::with_stats(Arc::clone(&self.model), self.settings.clone(), Arc::clone(&self.stats));
+        let mut b = HookRegistryBuilder::with_stats(
+            Arc::clone(&self.model),
+            self.settings.clone(),
+            Arc::clone(&self.stats),
+        );
         for (name, regs) in &self.core {
             let errs = b.add_module(name, regs.clone());
             if let Some(e) = errs.first() {
@@ -280,7 +304,10 @@ impl ModuleLoader {
             .remove(name)
             .ok_or_else(|| rerr(name, "the library disappeared from the modules directory"))?;
         let hash = sha256_hex(&path).map_err(|e| rerr(name, e))?;
-        let mut modules = self.modules.lock().map_err(|_| rerr(name, "module table poisoned"))?;
+        let mut modules = self
+            .modules
+            .lock()
+            .map_err(|_| rerr(name, "module table poisoned"))?;
         if modules.get(name).is_some_and(|g| g.hash == hash) {
             return Ok(false);
         }
@@ -288,18 +315,38 @@ impl ModuleLoader {
         let mut next: IndexMap<String, Generation> = IndexMap::new();
         for m in &self.source.enabled_modules {
             if m == name {
-                next.insert(m.clone(), Generation { hash: generation.hash.clone(), registrations: generation.registrations.clone(), control: Arc::clone(&generation.control) });
+                next.insert(
+                    m.clone(),
+                    Generation {
+                        hash: generation.hash.clone(),
+                        registrations: generation.registrations.clone(),
+                        control: Arc::clone(&generation.control),
+                    },
+                );
             } else if let Some(g) = modules.get(m) {
-                next.insert(m.clone(), Generation { hash: g.hash.clone(), registrations: g.registrations.clone(), control: Arc::clone(&g.control) });
+                next.insert(
+                    m.clone(),
+                    Generation {
+                        hash: g.hash.clone(),
+                        registrations: g.registrations.clone(),
+                        control: Arc::clone(&g.control),
+                    },
+                );
             }
         }
         let registry = self.build(&next)?;
-        generation.control.start().map_err(|e| rerr(name, format!("start failed: {e}")))?;
+        generation
+            .control
+            .start()
+            .map_err(|e| rerr(name, format!("start failed: {e}")))?;
         self.live.swap(registry);
         if let Some(old) = modules.insert(name.to_owned(), generation)
             && let Err(e) = old.control.stop()
         {
-            tracing::warn!(module = name, "stopping the previous generation failed: {e}");
+            tracing::warn!(
+                module = name,
+                "stopping the previous generation failed: {e}"
+            );
         }
         tracing::info!(module = name, "new module generation is live");
         Ok(true)
@@ -308,10 +355,18 @@ impl ModuleLoader {
     /// `refresh_module_config` (core.md §4.5): re-read `modules/<name>.yml`, call the module's
     /// `load_config`, set its refresh flag.
     pub fn refresh_config(&self, name: &str) -> Result<(), ReloadError> {
-        let config_json = read_module_config(&self.source.config_dir, name).map_err(|e| rerr(name, e))?;
-        let modules = self.modules.lock().map_err(|_| rerr(name, "module table poisoned"))?;
-        let g = modules.get(name).ok_or_else(|| rerr(name, "no such module is loaded"))?;
-        g.control.load_config(&config_json).map_err(|e| rerr(name, e.to_string()))?;
+        let config_json =
+            read_module_config(&self.source.config_dir, name).map_err(|e| rerr(name, e))?;
+        let modules = self
+            .modules
+            .lock()
+            .map_err(|_| rerr(name, "module table poisoned"))?;
+        let g = modules
+            .get(name)
+            .ok_or_else(|| rerr(name, "no such module is loaded"))?;
+        g.control
+            .load_config(&config_json)
+            .map_err(|e| rerr(name, e.to_string()))?;
         self.live.load().set_refresh(name);
         Ok(())
     }
@@ -330,7 +385,10 @@ impl ModuleLoader {
     /// Watch `modules_dir` and `<config_dir>/modules` and reload on changes (debounced;
     /// libraries are reloaded only when their content hash changes). The returned watcher
     /// must be kept alive.
-    pub fn watch(self: &Arc<Self>, debounce: Duration) -> Result<notify::RecommendedWatcher, String> {
+    pub fn watch(
+        self: &Arc<Self>,
+        debounce: Duration,
+    ) -> Result<notify::RecommendedWatcher, String> {
         use notify::{RecursiveMode, Watcher};
         let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -387,7 +445,9 @@ impl ModuleLoader {
         {
             match self.reload_module(&name) {
                 Ok(_) => {}
-                Err(e) => tracing::error!("module reload failed, the previous generation keeps running: {e}"),
+                Err(e) => tracing::error!(
+                    "module reload failed, the previous generation keeps running: {e}"
+                ),
             }
         }
     }

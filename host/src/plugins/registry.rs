@@ -8,8 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bson::{Bson, Document};
@@ -49,7 +49,11 @@ struct Entry<F> {
     f: F,
 }
 
-type CorrFn = Arc<dyn Fn(&str, &mut Document, &Document) -> HookResult<Vec<DataPointTask>> + Send + Sync>;
+/// A resolved path: its destination `E.attr` and the links it traverses.
+type Resolved = (String, Vec<(String, String)>);
+
+type CorrFn =
+    Arc<dyn Fn(&str, &mut Document, &Document) -> HookResult<Vec<DataPointTask>> + Send + Sync>;
 
 struct CorrelationHook {
     graph_id: String,
@@ -147,7 +151,11 @@ impl HookRegistryBuilder {
     }
 
     /// Share counters with earlier registry generations.
-    pub fn with_stats(model: Arc<ModelSpec>, settings: RegistrySettings, stats: Arc<StatsTable>) -> Self {
+    pub fn with_stats(
+        model: Arc<ModelSpec>,
+        settings: RegistrySettings,
+        stats: Arc<StatsTable>,
+    ) -> Self {
         HookRegistryBuilder {
             settings,
             reg: HookRegistry {
@@ -162,11 +170,19 @@ impl HookRegistryBuilder {
 
     /// Add a module's registrations (core hooks first, then modules in `enabled_modules`
     /// order). Returns the registrations that were rejected; the rest are added.
-    pub fn add_module(&mut self, module: &str, registrations: Vec<Registration>) -> Vec<RegistrationError> {
-        let state = self.reg.modules.entry(module.to_owned()).or_insert_with(|| ModuleState {
-            health: Arc::new(ModuleHealth::new(module, self.settings.breaker)),
-            refresh: Arc::new(AtomicBool::new(false)),
-        });
+    pub fn add_module(
+        &mut self,
+        module: &str,
+        registrations: Vec<Registration>,
+    ) -> Vec<RegistrationError> {
+        let state = self
+            .reg
+            .modules
+            .entry(module.to_owned())
+            .or_insert_with(|| ModuleState {
+                health: Arc::new(ModuleHealth::new(module, self.settings.breaker)),
+                refresh: Arc::new(AtomicBool::new(false)),
+            });
         let health = Arc::clone(&state.health);
         let refresh = Arc::clone(&state.refresh);
         let mut errors = Vec::new();
@@ -190,7 +206,9 @@ impl HookRegistryBuilder {
     /// Finish; also returns every rejected registration.
     pub fn build(self) -> (HookRegistry, Vec<RegistrationError>) {
         for attr in self.reg.graph.multiply_changed() {
-            tracing::warn!("correlation hooks: several hooks may change {attr} (possible over-write)");
+            tracing::warn!(
+                "correlation hooks: several hooks may change {attr} (possible over-write)"
+            );
         }
         (self.reg, self.errors)
     }
@@ -203,7 +221,12 @@ impl HookRegistryBuilder {
         }
     }
 
-    fn claim(&mut self, r: &Registration, family: &'static str, context: Vec<String>) -> Result<HookId, String> {
+    fn claim(
+        &mut self,
+        r: &Registration,
+        family: &'static str,
+        context: Vec<String>,
+    ) -> Result<HookId, String> {
         let key = (r.module.clone(), family, r.name.clone(), context.clone());
         if !self.names.insert(key) {
             return Err(format!(
@@ -229,7 +252,12 @@ impl HookRegistryBuilder {
         }
     }
 
-    fn add(&mut self, health: &Arc<ModuleHealth>, refresh_flag: &Arc<AtomicBool>, r: Registration) -> Result<(), String> {
+    fn add(
+        &mut self,
+        health: &Arc<ModuleHealth>,
+        refresh_flag: &Arc<AtomicBool>,
+        r: Registration,
+    ) -> Result<(), String> {
         match r.hook.clone() {
             Hook::TaskStart(f) => {
                 let id = self.claim(&r, "on_task_start", vec![])?;
@@ -242,58 +270,86 @@ impl HookRegistryBuilder {
                 let e = self.entry(id, health, hook);
                 self.reg.allow.entry(entity).or_default().push(e);
             }
-            Hook::OnEntityCreation { entity, refresh, hook } => {
+            Hook::OnEntityCreation {
+                entity,
+                refresh,
+                hook,
+            } => {
                 self.entity_exists(&entity)?;
                 let refresh_paths = self.refresh_paths(&entity, &refresh)?;
                 let id = self.claim(&r, "on_entity_creation", vec![entity.clone()])?;
                 if let Some(may_change) = refresh_paths {
                     let h = Arc::clone(&hook);
-                    let wrapper: CorrFn = Arc::new(move |etype: &str, values: &mut Document, _m: &Document| {
-                        let eid = record_eid(values)?;
-                        let synthetic = DataPointTask {
-                            etype: etype.to_owned(),
-                            eid: eid.clone(),
-                            ..DataPointTask::default()
-                        };
-                        let tasks = h(&eid, &synthetic)?;
-                        Ok(tasks)
-                    });
-                    self.add_refresh(&r, health, refresh_flag, &entity, None, vec![], may_change, wrapper)?;
+                    let wrapper: CorrFn =
+                        Arc::new(move |etype: &str, values: &mut Document, _m: &Document| {
+                            let eid = record_eid(values)?;
+                            let synthetic = DataPointTask {
+                                etype: etype.to_owned(),
+                                eid: eid.clone(),
+                                ..DataPointTask::default()
+                            };
+                            let tasks = h(&eid, &synthetic)?;
+                            Ok(tasks)
+                        });
+                    self.add_refresh(
+                        &r,
+                        health,
+                        refresh_flag,
+                        &entity,
+                        None,
+                        vec![],
+                        may_change,
+                        wrapper,
+                    )?;
                 }
                 let e = self.entry(id, health, hook);
                 self.reg.creation.entry(entity).or_default().push(e);
             }
-            Hook::OnNewAttr { entity, attr, refresh, hook } => {
+            Hook::OnNewAttr {
+                entity,
+                attr,
+                refresh,
+                hook,
+            } => {
                 self.entity_exists(&entity)?;
-                let spec = self
-                    .reg
-                    .model
-                    .attr(&entity, &attr)
-                    .ok_or_else(|| format!("Attribute '{attr}' not found in entity '{entity}'"))?;
+                let spec =
+                    self.reg.model.attr(&entity, &attr).ok_or_else(|| {
+                        format!("Attribute '{attr}' not found in entity '{entity}'")
+                    })?;
                 let family = family_of_attr(spec.attr_type());
                 let refresh_paths = self.refresh_paths(&entity, &refresh)?;
                 let id = self.claim(&r, family, vec![entity.clone(), attr.clone()])?;
                 if let Some(may_change) = refresh_paths {
                     let h = Arc::clone(&hook);
                     let a = attr.clone();
-                    let wrapper: CorrFn = Arc::new(move |etype: &str, values: &mut Document, _m: &Document| {
-                        let eid = record_eid(values)?;
-                        // The refresh path has no incoming datapoint (core.md §3.5): the hook
-                        // gets a synthetic one with a null value.
-                        let synthetic = DataPoint {
-                            etype: etype.to_owned(),
-                            eid: eid.clone(),
-                            attr: a.clone(),
-                            src: None,
-                            v: Bson::Null,
-                            c: 1.0,
-                            t1: None,
-                            t2: None,
-                        };
-                        h(&eid, &synthetic)
-                    });
+                    let wrapper: CorrFn =
+                        Arc::new(move |etype: &str, values: &mut Document, _m: &Document| {
+                            let eid = record_eid(values)?;
+                            // The refresh path has no incoming datapoint (core.md §3.5): the hook
+                            // gets a synthetic one with a null value.
+                            let synthetic = DataPoint {
+                                etype: etype.to_owned(),
+                                eid: eid.clone(),
+                                attr: a.clone(),
+                                src: None,
+                                v: Bson::Null,
+                                c: 1.0,
+                                t1: None,
+                                t2: None,
+                            };
+                            h(&eid, &synthetic)
+                        });
                     let depends = vec![format!("{entity}.{attr}")];
-                    self.add_refresh(&r, health, refresh_flag, &entity, Some(&attr), depends, may_change, wrapper)?;
+                    self.add_refresh(
+                        &r,
+                        health,
+                        refresh_flag,
+                        &entity,
+                        Some(&attr),
+                        depends,
+                        may_change,
+                        wrapper,
+                    )?;
                 }
                 let e = self.entry(id, health, hook);
                 self.reg.attr.entry((entity, attr)).or_default().push(e);
@@ -302,19 +358,41 @@ impl HookRegistryBuilder {
                 self.entity_exists(&entity)?;
                 match self.reg.model.attr(&entity, &attr).map(|a| a.attr_type()) {
                     Some(AttrType::Timeseries) => {}
-                    Some(t) => return Err(format!("Attribute '{attr}' of '{entity}' is {}, not timeseries", t.name())),
-                    None => return Err(format!("Attribute '{attr}' not found in entity '{entity}'")),
+                    Some(t) => {
+                        return Err(format!(
+                            "Attribute '{attr}' of '{entity}' is {}, not timeseries",
+                            t.name()
+                        ));
+                    }
+                    None => {
+                        return Err(format!("Attribute '{attr}' not found in entity '{entity}'"));
+                    }
                 }
-                let id = self.claim(&r, "snapshot_timeseries", vec![entity.clone(), attr.clone()])?;
+                let id = self.claim(
+                    &r,
+                    "snapshot_timeseries",
+                    vec![entity.clone(), attr.clone()],
+                )?;
                 let e = self.entry(id, health, hook);
-                self.reg.timeseries.entry((entity, attr)).or_default().push(e);
+                self.reg
+                    .timeseries
+                    .entry((entity, attr))
+                    .or_default()
+                    .push(e);
             }
-            Hook::Correlation { entity, depends_on, may_change, hook } => {
+            Hook::Correlation {
+                entity,
+                depends_on,
+                may_change,
+                hook,
+            } => {
                 self.entity_exists(&entity)?;
                 let deps = self.resolve_all(&entity, &depends_on)?;
                 let changes = self.resolve_all(&entity, &may_change)?;
                 let f: CorrFn = match hook {
-                    CorrelationFn::Values(h) => Arc::new(move |e: &str, v: &mut Document, _m: &Document| h(e, v)),
+                    CorrelationFn::Values(h) => {
+                        Arc::new(move |e: &str, v: &mut Document, _m: &Document| h(e, v))
+                    }
                     CorrelationFn::WithMaster(h) => h,
                 };
                 self.add_correlation(&r, health, &entity, deps, changes, f, "")?;
@@ -329,32 +407,55 @@ impl HookRegistryBuilder {
                 let e = self.entry(id, health, f);
                 self.reg.snapshot_finalize.push(e);
             }
-            Hook::PeriodicUpdate { entity, period, hook } => {
+            Hook::PeriodicUpdate {
+                entity,
+                period,
+                hook,
+            } => {
                 self.add_periodic(&r, health, entity, period, false, PeriodicFn::Record(hook))?;
             }
-            Hook::PeriodicEidUpdate { entity, period, hook } => {
+            Hook::PeriodicEidUpdate {
+                entity,
+                period,
+                hook,
+            } => {
                 self.add_periodic(&r, health, entity, period, true, PeriodicFn::Eid(hook))?;
             }
-            Hook::Scheduler { job_id, schedule, misfire_grace_time, job } => {
+            Hook::Scheduler {
+                job_id,
+                schedule,
+                misfire_grace_time,
+                job,
+            } => {
                 if let Some(s) = &schedule {
                     s.validate().map_err(|e| e.to_string())?;
                 }
                 let id = self.claim(&r, "scheduler", vec![job_id.to_string()])?;
                 let e = self.entry(id, health, job);
-                self.reg.jobs.push((e, job_id, schedule, misfire_grace_time));
+                self.reg
+                    .jobs
+                    .push((e, job_id, schedule, misfire_grace_time));
             }
         }
         Ok(())
     }
 
-    fn resolve_all(&mut self, entity: &str, paths: &[Vec<String>]) -> Result<Vec<(String, Vec<(String, String)>)>, String> {
+    fn resolve_all(
+        &mut self,
+        entity: &str,
+        paths: &[Vec<String>],
+    ) -> Result<Vec<Resolved>, String> {
         paths
             .iter()
             .map(|p| resolve_path(&self.reg.model, entity, p).map(|r| (r.dest, r.used_links)))
             .collect()
     }
 
-    fn refresh_paths(&mut self, entity: &str, refresh: &Refresh) -> Result<Option<Vec<(String, Vec<(String, String)>)>>, String> {
+    fn refresh_paths(
+        &mut self,
+        entity: &str,
+        refresh: &Refresh,
+    ) -> Result<Option<Vec<Resolved>>, String> {
         match refresh {
             Refresh::Never => Ok(None),
             Refresh::OnConfigChange { may_change } => {
@@ -372,8 +473,8 @@ impl HookRegistryBuilder {
         r: &Registration,
         health: &Arc<ModuleHealth>,
         entity: &str,
-        deps: Vec<(String, Vec<(String, String)>)>,
-        changes: Vec<(String, Vec<(String, String)>)>,
+        deps: Vec<Resolved>,
+        changes: Vec<Resolved>,
         f: CorrFn,
         suffix: &str,
     ) -> Result<(), String> {
@@ -389,7 +490,9 @@ impl HookRegistryBuilder {
             dep_dests.join(", "),
             change_dests.join(", ")
         );
-        self.reg.graph.add_hook(&graph_id, &dep_dests, &change_dests)?;
+        self.reg
+            .graph
+            .add_hook(&graph_id, &dep_dests, &change_dests)?;
         let id = HookId {
             family: "snapshot_correlation",
             module: r.module.clone(),
@@ -425,25 +528,29 @@ impl HookRegistryBuilder {
         entity: &str,
         attr: Option<&str>,
         depends: Vec<String>,
-        may_change: Vec<(String, Vec<(String, String)>)>,
+        may_change: Vec<Resolved>,
         hook: CorrFn,
     ) -> Result<(), String> {
         let model = Arc::clone(&self.reg.model);
         let f = Arc::clone(flag);
-        let wrapper: CorrFn = Arc::new(move |etype: &str, values: &mut Document, master: &Document| {
-            if !f.load(Ordering::Relaxed) {
-                return Ok(vec![]);
-            }
-            let eid = record_eid(values)?;
-            let tasks = hook(etype, values, master)?;
-            for dp in tasks.iter().flat_map(|t| &t.data_points) {
-                let plain = model.attr(&dp.etype, &dp.attr).is_some_and(|a| a.attr_type() == AttrType::Plain);
-                if dp.eid == eid && plain {
-                    values.insert(dp.attr.clone(), dp.v.clone());
+        let wrapper: CorrFn = Arc::new(
+            move |etype: &str, values: &mut Document, master: &Document| {
+                if !f.load(Ordering::Relaxed) {
+                    return Ok(vec![]);
                 }
-            }
-            Ok(tasks)
-        });
+                let eid = record_eid(values)?;
+                let tasks = hook(etype, values, master)?;
+                for dp in tasks.iter().flat_map(|t| &t.data_points) {
+                    let plain = model
+                        .attr(&dp.etype, &dp.attr)
+                        .is_some_and(|a| a.attr_type() == AttrType::Plain);
+                    if dp.eid == eid && plain {
+                        values.insert(dp.attr.clone(), dp.v.clone());
+                    }
+                }
+                Ok(tasks)
+            },
+        );
         let deps = depends.into_iter().map(|d| (d, vec![])).collect();
         self.add_correlation(r, health, entity, deps, may_change, wrapper, "#refresh")?;
         let mut context = vec![r.name.clone(), entity.to_owned()];
@@ -486,18 +593,28 @@ impl HookRegistryBuilder {
         if period.is_zero() {
             return Err("period must be positive".into());
         }
-        let family = if eid_only { "periodic_eid_update" } else { "periodic_update" };
-        let pos = self
-            .reg
-            .periodic
-            .iter()
-            .position(|(t, _)| t.period == period && t.entity == entity && t.eid_only == eid_only);
+        let family = if eid_only {
+            "periodic_eid_update"
+        } else {
+            "periodic_update"
+        };
+        let pos =
+            self.reg.periodic.iter().position(|(t, _)| {
+                t.period == period && t.entity == entity && t.eid_only == eid_only
+            });
         if let Some(p) = pos
             && self.reg.periodic[p].0.hook_ids.contains(&r.name)
         {
-            return Err(format!("Hook ID {} already registered for {entity}", r.name));
+            return Err(format!(
+                "Hook ID {} already registered for {entity}",
+                r.name
+            ));
         }
-        let ctx = vec![entity.clone(), r.name.clone(), format!("period={}s", period.as_secs_f64())];
+        let ctx = vec![
+            entity.clone(),
+            r.name.clone(),
+            format!("period={}s", period.as_secs_f64()),
+        ];
         let id = self.claim(r, family, ctx)?;
         let e = self.entry(id, health, f);
         let idx = match pos {
@@ -573,7 +690,9 @@ impl HookRegistry {
     }
 
     pub fn refresh_pending(&self, module: &str) -> bool {
-        self.modules.get(module).is_some_and(|s| s.refresh.load(Ordering::Relaxed))
+        self.modules
+            .get(module)
+            .is_some_and(|s| s.refresh.load(Ordering::Relaxed))
     }
 
     /// Links traversed by correlation-hook paths `(entity, relation attr)` (core.md §5.4).
@@ -583,7 +702,10 @@ impl HookRegistry {
 
     /// Ids of the correlation hooks in dispatch (topological) order.
     pub fn correlation_order(&self) -> Vec<String> {
-        self.correlation.iter().map(|h| h.graph_id.clone()).collect()
+        self.correlation
+            .iter()
+            .map(|h| h.graph_id.clone())
+            .collect()
     }
 
     /// Run one hook: skip disabled modules, time it, catch panics, count and log failures.
@@ -593,7 +715,8 @@ impl HookRegistry {
         }
         e.stats.executions.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| f(&e.f))).unwrap_or_else(|p| Err(HookError::from_panic(&*p)));
+        let result = catch_unwind(AssertUnwindSafe(|| f(&e.f)))
+            .unwrap_or_else(|p| Err(HookError::from_panic(&*p)));
         let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         e.stats.duration_ns.fetch_add(ns, Ordering::Relaxed);
         match result {
@@ -621,7 +744,12 @@ impl HookRegistry {
     }
 
     /// Count and check returned tasks; invalid ones are dropped and logged.
-    fn accept<F>(&self, e: &Entry<F>, tasks: Vec<DataPointTask>, out: &mut Vec<DataPointTask>) -> Outcome {
+    fn accept<F>(
+        &self,
+        e: &Entry<F>,
+        tasks: Vec<DataPointTask>,
+        out: &mut Vec<DataPointTask>,
+    ) -> Outcome {
         let mut outcome = Outcome::Ok;
         for t in tasks {
             let key = t.routing_key();
@@ -675,7 +803,12 @@ impl HookRegistry {
     }
 
     /// `on_entity_creation` hooks; returns their tasks (inline / priority queue).
-    pub fn on_entity_creation(&self, etype: &str, eid: &Eid, task: &DataPointTask) -> Vec<DataPointTask> {
+    pub fn on_entity_creation(
+        &self,
+        etype: &str,
+        eid: &Eid,
+        task: &DataPointTask,
+    ) -> Vec<DataPointTask> {
         let mut out = Vec::new();
         for e in self.creation.get(etype).into_iter().flatten() {
             if let Some(tasks) = self.call(e, |f| f(eid, task)) {
@@ -692,7 +825,13 @@ impl HookRegistry {
     }
 
     /// `on_new_attr` hooks of `etype.attr` for one datapoint.
-    pub fn on_new_attr(&self, etype: &str, attr: &str, eid: &Eid, dp: &DataPoint) -> Vec<DataPointTask> {
+    pub fn on_new_attr(
+        &self,
+        etype: &str,
+        attr: &str,
+        eid: &Eid,
+        dp: &DataPoint,
+    ) -> Vec<DataPointTask> {
         let mut out = Vec::new();
         // Borrowed lookup without allocating the key for the common "no hooks" case.
         let Some(hooks) = self
@@ -724,13 +863,13 @@ impl HookRegistry {
             let Some(Bson::Array(items)) = master.get(attr) else {
                 continue;
             };
-            let history: Vec<Document> = items.iter().filter_map(|i| i.as_document().cloned()).collect();
+            let history: Vec<Document> = items
+                .iter()
+                .filter_map(|i| i.as_document().cloned())
+                .collect();
             for e in hooks {
-                match self.call(e, |f| f(etype, attr, &history)) {
-                    Some(tasks) => {
-                        self.accept(e, tasks, &mut out);
-                    }
-                    None => {}
+                if let Some(tasks) = self.call(e, |f| f(etype, attr, &history)) {
+                    self.accept(e, tasks, &mut out);
                 }
             }
         }
@@ -751,7 +890,9 @@ impl HookRegistry {
                 continue;
             }
             for key in keys.iter().filter(|(e, _)| *e == hook.entity) {
-                let Some(entity) = unit.entities.get(key) else { continue };
+                let Some(entity) = unit.entities.get(key) else {
+                    continue;
+                };
                 let master = entity.master.clone();
                 let mut embedded = Vec::new();
                 let mut values = self.with_records(unit, key, self.max_link_depth, &mut embedded);
@@ -793,11 +934,18 @@ impl HookRegistry {
                 if e != etype {
                     continue;
                 }
-                let Some(target) = reg.model.attr(etype, attr).and_then(|a| a.data_type()).and_then(|d| d.link_target()) else {
+                let Some(target) = reg
+                    .model
+                    .attr(etype, attr)
+                    .and_then(|a| a.data_type())
+                    .and_then(|d| d.link_target())
+                else {
                     continue;
                 };
                 let link_one = |link: &mut Document, path: Vec<String>, embedded: &mut Vec<_>| {
-                    let Some(eid) = link.get("eid").and_then(Eid::from_bson) else { return };
+                    let Some(eid) = link.get("eid").and_then(Eid::from_bson) else {
+                        return;
+                    };
                     let tkey = (target.to_owned(), eid.clone());
                     let record = match unit.entities.get(&tkey) {
                         Some(t) => {
@@ -829,14 +977,24 @@ impl HookRegistry {
                 }
             }
         }
-        let mut doc = unit.entities.get(key).map(|e| e.values.clone()).unwrap_or_default();
+        let mut doc = unit
+            .entities
+            .get(key)
+            .map(|e| e.values.clone())
+            .unwrap_or_default();
         attach(self, unit, &key.0, &mut doc, depth, &[], embedded);
         doc
     }
 
     /// Write a hook's mutations back: changed linked records (deepest first) into their
     /// entities, then the entity itself; `record` keys are stripped.
-    fn write_back(&self, unit: &mut SnapshotUnit, key: &(String, Eid), mut values: Document, embedded: &[(Vec<String>, (String, Eid))]) {
+    fn write_back(
+        &self,
+        unit: &mut SnapshotUnit,
+        key: &(String, Eid),
+        mut values: Document,
+        embedded: &[(Vec<String>, (String, Eid))],
+    ) {
         let mut by_depth: Vec<&(Vec<String>, (String, Eid))> = embedded.iter().collect();
         by_depth.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         for (path, target) in by_depth {
@@ -886,7 +1044,13 @@ impl HookRegistry {
     }
 
     /// Run the record hooks of one update thread for one entity.
-    pub fn run_periodic_update(&self, period: Duration, etype: &str, eid: &Eid, master: &Document) -> Vec<DataPointTask> {
+    pub fn run_periodic_update(
+        &self,
+        period: Duration,
+        etype: &str,
+        eid: &Eid,
+        master: &Document,
+    ) -> Vec<DataPointTask> {
         self.run_periodic(period, etype, false, |f| match f {
             PeriodicFn::Record(h) => h(etype, eid, master),
             PeriodicFn::Eid(_) => Ok(vec![]),
@@ -894,7 +1058,12 @@ impl HookRegistry {
     }
 
     /// Run the eid-only hooks of one update thread for one entity.
-    pub fn run_periodic_eid_update(&self, period: Duration, etype: &str, eid: &Eid) -> Vec<DataPointTask> {
+    pub fn run_periodic_eid_update(
+        &self,
+        period: Duration,
+        etype: &str,
+        eid: &Eid,
+    ) -> Vec<DataPointTask> {
         self.run_periodic(period, etype, true, |f| match f {
             PeriodicFn::Eid(h) => h(etype, eid),
             PeriodicFn::Record(_) => Ok(vec![]),
@@ -964,7 +1133,12 @@ fn get_path<'a>(doc: &'a Document, path: &[String]) -> Option<&'a Document> {
 }
 
 /// Remove `record` keys from the used-link values of a document.
-fn strip_records(mut doc: Document, used: &BTreeSet<(String, String)>, etype: &str, _model: &ModelSpec) -> Document {
+fn strip_records(
+    mut doc: Document,
+    used: &BTreeSet<(String, String)>,
+    etype: &str,
+    _model: &ModelSpec,
+) -> Document {
     for (e, attr) in used {
         if e != etype {
             continue;

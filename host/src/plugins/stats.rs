@@ -31,7 +31,14 @@ impl HookId {
 
 impl std::fmt::Display for HookId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{} [{}({})]", self.module, self.name, self.family, self.context.join(","))
+        write!(
+            f,
+            "{}.{} [{}({})]",
+            self.module,
+            self.name,
+            self.family,
+            self.context.join(",")
+        )
     }
 }
 
@@ -172,7 +179,9 @@ impl ModuleHealth {
         {
             q.pop_front();
         }
-        if q.len() >= self.settings.max_panics as usize && !self.disabled.swap(true, Ordering::Relaxed) {
+        if q.len() >= self.settings.max_panics as usize
+            && !self.disabled.swap(true, Ordering::Relaxed)
+        {
             return true;
         }
         false
@@ -191,7 +200,10 @@ mod tests {
             name: "create".into(),
             context: vec!["device/site".into(), "period=60s".into()],
         };
-        assert_eq!(id.metric_prefix(), "periodic_update/m.create/(device%2Fsite,period%3D60s)");
+        assert_eq!(
+            id.metric_prefix(),
+            "periodic_update/m.create/(device%2Fsite,period%3D60s)"
+        );
     }
 
     #[test]

@@ -139,52 +139,139 @@ pub fn decode_dp(v: &DataPointView<'_>) -> Result<DataPoint, CodecError> {
     })
 }
 
-/// Call `f` with a view of `task`. All buffers live on this stack frame.
+/// Call `f` with the encoding of `v` (see [`encode_value`]) in a per-thread reused buffer.
+pub fn with_value_bytes<R>(v: &Bson, f: impl FnOnce(&[u8]) -> R) -> Result<R, CodecError> {
+    thread_local! {
+        static VBUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(128));
+    }
+    VBUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            encode_value(v, &mut buf)?;
+            Ok(f(&buf))
+        }
+        Err(_) => {
+            let mut buf = Vec::new();
+            encode_value(v, &mut buf)?;
+            Ok(f(&buf))
+        }
+    })
+}
+
+/// Datapoints per task handled without heap allocation for the view arrays.
+const INLINE_DPS: usize = 4;
+
+/// Call `f` with a view of `task`. The value buffer is reused per thread; the view arrays
+/// live on this stack frame for tasks of up to [`INLINE_DPS`] datapoints.
 pub fn with_task_view<R>(
     task: &DataPointTask,
     f: impl FnOnce(&TaskView<'_>) -> R,
 ) -> Result<R, CodecError> {
-    let mut buf = Vec::with_capacity(32 * task.data_points.len() + 16);
-    let mut ranges = Vec::with_capacity(task.data_points.len());
-    for dp in &task.data_points {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(256));
+    }
+    // A nested call on the same thread (re-entrancy) falls back to a fresh buffer.
+    let mut own = None;
+    BUF.with(|cell| {
+        let mut guard = cell.try_borrow_mut().ok();
+        let buf: &mut Vec<u8> = match guard.as_deref_mut() {
+            Some(b) => b,
+            None => own.get_or_insert_with(Vec::new),
+        };
+        buf.clear();
+        task_view_in(task, buf, f)
+    })
+}
+
+fn task_view_in<R>(
+    task: &DataPointTask,
+    buf: &mut Vec<u8>,
+    f: impl FnOnce(&TaskView<'_>) -> R,
+) -> Result<R, CodecError> {
+    let n = task.data_points.len();
+    let mut ranges_inline = [(0usize, 0usize); INLINE_DPS];
+    let mut ranges_heap = Vec::new();
+    let ranges: &mut [(usize, usize)] = if n <= INLINE_DPS {
+        &mut ranges_inline[..n]
+    } else {
+        ranges_heap.resize(n, (0, 0));
+        &mut ranges_heap
+    };
+    for (dp, r) in task.data_points.iter().zip(ranges.iter_mut()) {
         let start = buf.len();
-        encode_value(&dp.v, &mut buf)?;
-        ranges.push(start..buf.len());
+        encode_value(&dp.v, buf)?;
+        *r = (start, buf.len());
     }
     let tags_range = if task.tags.is_empty() {
-        0..0
+        (0, 0)
     } else {
         let start = buf.len();
-        encode_value(&Bson::Array(task.tags.clone()), &mut buf)?;
-        start..buf.len()
+        encode_value(&Bson::Array(task.tags.clone()), buf)?;
+        (start, buf.len())
     };
     let ttl_range = match &task.ttl_tokens {
-        None => 0..0,
+        None => (0, 0),
         Some(tokens) => {
             let d: Document = tokens
                 .iter()
                 .map(|(k, t)| (k.clone(), dp3_model::value::time(*t)))
                 .collect();
             let start = buf.len();
-            encode_value(&Bson::Document(d), &mut buf)?;
-            start..buf.len()
+            encode_value(&Bson::Document(d), buf)?;
+            (start, buf.len())
         }
     };
-    let mut scratch: Vec<EidScratch> = vec![[0; 16]; task.data_points.len() + 1];
-    let (task_scratch, dp_scratch) = scratch.split_at_mut(1);
-    let views: Vec<DataPointView<'_>> = task
+    let buf: &[u8] = buf;
+    let slice = |(a, b): (usize, usize)| buf.get(a..b).unwrap_or(&[]);
+    let mut task_scratch: EidScratch = [0; 16];
+    let mut scratch_inline: [EidScratch; INLINE_DPS] = [[0; 16]; INLINE_DPS];
+    let mut scratch_heap = Vec::new();
+    let scratch: &mut [EidScratch] = if n <= INLINE_DPS {
+        &mut scratch_inline[..n]
+    } else {
+        scratch_heap.resize(n, [0; 16]);
+        &mut scratch_heap
+    };
+    let empty = DataPointView {
+        etype: RStr::from_str(""),
+        eid: EidView {
+            kind: EID_INT,
+            int: 0,
+            bytes: RSlice::from_slice(&[]),
+        },
+        attr: RStr::from_str(""),
+        has_src: false,
+        src: RStr::from_str(""),
+        v: RSlice::from_slice(&[]),
+        c: 0.0,
+        has_t1: false,
+        t1: 0,
+        has_t2: false,
+        t2: 0,
+    };
+    let mut views_inline = [empty; INLINE_DPS];
+    let mut views_heap = Vec::new();
+    let made = task
         .data_points
         .iter()
-        .zip(dp_scratch.iter_mut())
-        .zip(ranges)
-        .map(|((dp, s), r)| dp_view(dp, s, &buf[r]))
-        .collect();
+        .zip(scratch.iter_mut())
+        .zip(ranges.iter())
+        .map(|((dp, s), r)| dp_view(dp, s, slice(*r)));
+    let views: &[DataPointView<'_>] = if n <= INLINE_DPS {
+        for (slot, v) in views_inline.iter_mut().zip(made) {
+            *slot = v;
+        }
+        &views_inline[..n]
+    } else {
+        views_heap.extend(made);
+        &views_heap
+    };
     let view = TaskView {
         etype: RStr::from_str(&task.etype),
-        eid: eid_view(&task.eid, &mut task_scratch[0]),
-        data_points: RSlice::from_slice(&views),
-        tags: RSlice::from_slice(&buf[tags_range]),
-        ttl_tokens: RSlice::from_slice(&buf[ttl_range]),
+        eid: eid_view(&task.eid, &mut task_scratch),
+        data_points: RSlice::from_slice(views),
+        tags: RSlice::from_slice(slice(tags_range)),
+        ttl_tokens: RSlice::from_slice(slice(ttl_range)),
         delete: task.delete,
     };
     Ok(f(&view))
@@ -239,11 +326,12 @@ pub fn through_codec_attr(hook: crate::hooks::AttrHookFn) -> crate::hooks::AttrH
     std::sync::Arc::new(move |eid: &Eid, dp: &DataPoint| {
         let mut s1 = [0; 16];
         let mut s2 = [0; 16];
-        let mut value = Vec::with_capacity(64);
-        encode_value(&dp.v, &mut value)?;
-        let view = dp_view(dp, &mut s2, &value);
-        let ev = eid_view(eid, &mut s1);
-        let tasks = hook(&decode_eid(&ev)?, &decode_dp(&view)?)?;
+        let (eid2, dp2) = with_value_bytes(&dp.v, |value| -> Result<_, CodecError> {
+            let view = dp_view(dp, &mut s2, value);
+            let ev = eid_view(eid, &mut s1);
+            Ok((decode_eid(&ev)?, decode_dp(&view)?))
+        })??;
+        let tasks = hook(&eid2, &dp2)?;
         let mut out = Vec::with_capacity(tasks.len());
         for t in &tasks {
             out.push(with_task_view(t, decode_task)??);
@@ -434,8 +522,14 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
-        let end = self.pos.checked_add(n).ok_or_else(|| err("length overflow"))?;
-        let s = self.b.get(self.pos..end).ok_or_else(|| err("truncated value"))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or_else(|| err("length overflow"))?;
+        let s = self
+            .b
+            .get(self.pos..end)
+            .ok_or_else(|| err("truncated value"))?;
         self.pos = end;
         Ok(s)
     }
@@ -465,7 +559,8 @@ impl<'a> Reader<'a> {
         Ok(Some(match ty {
             0x01 => Bson::Double(f64::from_le_bytes(self.arr()?)),
             0x02 => {
-                let len = usize::try_from(self.i32()?).map_err(|_| err("negative string length"))?;
+                let len =
+                    usize::try_from(self.i32()?).map_err(|_| err("negative string length"))?;
                 let s = self.take(len)?;
                 let (nul, text) = s.split_last().ok_or_else(|| err("empty string encoding"))?;
                 if *nul != 0 {
@@ -480,7 +575,8 @@ impl<'a> Reader<'a> {
             0x03 => Bson::Document(self.document()?),
             0x04 => Bson::Array(self.document()?.into_iter().map(|(_, v)| v).collect()),
             0x05 => {
-                let len = usize::try_from(self.i32()?).map_err(|_| err("negative binary length"))?;
+                let len =
+                    usize::try_from(self.i32()?).map_err(|_| err("negative binary length"))?;
                 let [subtype] = self.arr::<1>()?;
                 let bytes = self.take(len)?.to_vec();
                 Bson::Binary(Binary {
@@ -504,7 +600,9 @@ impl<'a> Reader<'a> {
     fn document(&mut self) -> Result<Document, CodecError> {
         let start = self.pos;
         let len = usize::try_from(self.i32()?).map_err(|_| err("negative document length"))?;
-        let end = start.checked_add(len).ok_or_else(|| err("length overflow"))?;
+        let end = start
+            .checked_add(len)
+            .ok_or_else(|| err("length overflow"))?;
         if len < 5 || end > self.b.len() {
             return Err(err("bad document length"));
         }
@@ -555,14 +653,24 @@ mod tests {
         round_trip(Bson::String("héllo".into()));
         round_trip(Bson::Null);
         round_trip(Bson::Boolean(true));
-        round_trip(Bson::Array(vec![Bson::Int32(22), Bson::Int32(80), Bson::Int32(443)]));
+        round_trip(Bson::Array(vec![
+            Bson::Int32(22),
+            Bson::Int32(80),
+            Bson::Int32(443),
+        ]));
         round_trip(dp3_model::value::ipv4("1.2.3.4".parse().unwrap()));
         round_trip(dp3_model::value::mac(MacAddr([1, 2, 3, 4, 5, 6])));
-        round_trip(Bson::DateTime(bson::DateTime::from_millis(1_700_000_000_123)));
-        round_trip(Bson::Document(doc! {"a": 1, "b": {"c": [1, "x", null]}, "eid": "e"}));
+        round_trip(Bson::DateTime(bson::DateTime::from_millis(
+            1_700_000_000_123,
+        )));
+        round_trip(Bson::Document(
+            doc! {"a": 1, "b": {"c": [1, "x", null]}, "eid": "e"},
+        ));
         // rare types go through the bson crate, also nested
         round_trip(Bson::ObjectId(bson::oid::ObjectId::new()));
-        round_trip(Bson::Document(doc! {"o": bson::oid::ObjectId::new(), "n": 1}));
+        round_trip(Bson::Document(
+            doc! {"o": bson::oid::ObjectId::new(), "n": 1},
+        ));
         round_trip(Bson::Decimal128(bson::Decimal128::from_bytes([7; 16])));
     }
 
@@ -577,11 +685,31 @@ mod tests {
 
     #[test]
     fn malformed_bytes_are_errors() {
-        for bad in [&[][..], &[0x02, 5, 0, 0, 0, b'a'], &[0x03, 3, 0, 0, 0], &[0x08, 7], &[0x10, 1]] {
+        for bad in [
+            &[][..],
+            &[0x02, 5, 0, 0, 0, b'a'],
+            &[0x03, 3, 0, 0, 0],
+            &[0x08, 7],
+            &[0x10, 1],
+        ] {
             assert!(decode_value(bad).is_err(), "{bad:?}");
         }
-        assert!(decode_eid(&EidView { kind: EID_IPV4, int: 0, bytes: RSlice::from_slice(&[1, 2]) }).is_err());
-        assert!(decode_eid(&EidView { kind: 9, int: 0, bytes: RSlice::from_slice(&[]) }).is_err());
+        assert!(
+            decode_eid(&EidView {
+                kind: EID_IPV4,
+                int: 0,
+                bytes: RSlice::from_slice(&[1, 2])
+            })
+            .is_err()
+        );
+        assert!(
+            decode_eid(&EidView {
+                kind: 9,
+                int: 0,
+                bytes: RSlice::from_slice(&[])
+            })
+            .is_err()
+        );
     }
 
     #[test]
@@ -624,13 +752,17 @@ mod tests {
                 ttl_tokens: Some([("data".to_string(), t1)].into_iter().collect()),
                 delete: false,
             };
-            let back = with_task_view(&task, |v| decode_task(v)).unwrap().unwrap();
+            let back = with_task_view(&task, decode_task).unwrap().unwrap();
             // ttl tokens travel as BSON datetimes (millisecond precision)
             let mut expected = task.clone();
             expected.ttl_tokens = Some(
-                [("data".to_string(), Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap() + chrono::TimeDelta::milliseconds(123))]
-                    .into_iter()
-                    .collect(),
+                [(
+                    "data".to_string(),
+                    Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap()
+                        + chrono::TimeDelta::milliseconds(123),
+                )]
+                .into_iter()
+                .collect(),
             );
             assert_eq!(back, expected);
         }

@@ -14,7 +14,9 @@ use bson::{Bson, Document};
 use serde_json::json;
 
 use super::codec::{self, decode_dp, decode_eid, decode_task, with_task_view};
-use super::{DataPointView, Emitter, EidView, FfiError, HostVTable, ModuleHandle, ModuleVTable, TaskView};
+use super::{
+    DataPointView, EidView, Emitter, FfiError, HostVTable, ModuleHandle, ModuleVTable, TaskView,
+};
 use crate::error::{HookError, ModuleError, panic_message};
 use crate::hooks::{CorrelationFn, Hook, Refresh};
 use crate::module::{Module, ModuleControl, PlatformConfig, instantiate};
@@ -92,13 +94,28 @@ unsafe impl Sync for FfiServices {}
 
 impl HostServices for FfiServices {
     fn log(&self, module: &str, level: LogLevel, message: &str) {
-        (self.0.log)(self.0.ctx, level as u8, RStr::from_str(module), RStr::from_str(message));
+        (self.0.log)(
+            self.0.ctx,
+            level as u8,
+            RStr::from_str(module),
+            RStr::from_str(message),
+        );
     }
     fn counter(&self, module: &str, name: &str, value: u64) {
-        (self.0.counter)(self.0.ctx, RStr::from_str(module), RStr::from_str(name), value);
+        (self.0.counter)(
+            self.0.ctx,
+            RStr::from_str(module),
+            RStr::from_str(name),
+            value,
+        );
     }
     fn gauge(&self, module: &str, name: &str, value: f64) {
-        (self.0.gauge)(self.0.ctx, RStr::from_str(module), RStr::from_str(name), value);
+        (self.0.gauge)(
+            self.0.ctx,
+            RStr::from_str(module),
+            RStr::from_str(name),
+            value,
+        );
     }
 }
 
@@ -119,9 +136,18 @@ extern "C" fn create<M: Module>(
         let platform: PlatformConfig = serde_json::from_str(platform_json.as_str())
             .map_err(|e| ModuleError::new(format!("invalid platform config: {e}")))?;
         let services: Arc<dyn HostServices> = Arc::new(FfiServices(host));
-        let instance = instantiate::<M>(name.as_str(), config_json.as_str(), platform, None, services)?;
+        let instance = instantiate::<M>(
+            name.as_str(),
+            config_json.as_str(),
+            platform,
+            None,
+            services,
+        )?;
         let registrations = instance.registrar.into_registrations();
-        let meta: Vec<serde_json::Value> = registrations.iter().map(|r| describe(&r.name, &r.hook)).collect();
+        let meta: Vec<serde_json::Value> = registrations
+            .iter()
+            .map(|r| describe(&r.name, &r.hook))
+            .collect();
         let inst = Box::new(Instance {
             control: instance.control,
             hooks: registrations.into_iter().map(|r| r.hook).collect(),
@@ -152,7 +178,8 @@ fn describe(name: &str, hook: &Hook) -> serde_json::Value {
         Refresh::Never => serde_json::Value::Null,
         Refresh::OnConfigChange { may_change } => json!(may_change),
     };
-    let mut v = json!({"name": name, "kind": hook.kind(), "entity": hook.entity(), "attr": hook.attr()});
+    let mut v =
+        json!({"name": name, "kind": hook.kind(), "entity": hook.entity(), "attr": hook.attr()});
     let extra = match hook {
         Hook::OnEntityCreation { refresh: r, .. } | Hook::OnNewAttr { refresh: r, .. } => {
             json!({"refresh": refresh(r)})
@@ -212,7 +239,11 @@ fn guard<T>(f: impl FnOnce() -> Result<T, HookError>) -> RResult<T, FfiError> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => ROk(v),
         Ok(Err(e)) => RErr(FfiError {
-            kind: if e.panicked { FfiError::PANIC } else { FfiError::ERROR },
+            kind: if e.panicked {
+                FfiError::PANIC
+            } else {
+                FfiError::ERROR
+            },
             message: e.message.into(),
         }),
         Err(p) => RErr(FfiError {
@@ -249,7 +280,12 @@ extern "C" fn registrations(inst: *const c_void) -> RString {
 }
 
 extern "C" fn load_config(inst: *const c_void, config_json: RStr<'_>) -> RResult<(), FfiError> {
-    guard(|| instance(inst).control.load_config(config_json.as_str()).map_err(module_err))
+    guard(|| {
+        instance(inst)
+            .control
+            .load_config(config_json.as_str())
+            .map_err(module_err)
+    })
 }
 
 extern "C" fn start(inst: *const c_void) -> RResult<(), FfiError> {
@@ -260,7 +296,11 @@ extern "C" fn stop(inst: *const c_void) -> RResult<(), FfiError> {
     guard(|| instance(inst).control.stop().map_err(module_err))
 }
 
-extern "C" fn call_task(inst: *const c_void, idx: u32, task: &TaskView<'_>) -> RResult<(), FfiError> {
+extern "C" fn call_task(
+    inst: *const c_void,
+    idx: u32,
+    task: &TaskView<'_>,
+) -> RResult<(), FfiError> {
     guard(|| match hook_at(inst, idx)? {
         Hook::TaskStart(h) => h(&decode_task(task)?),
         other => Err(wrong(idx, other)),
@@ -386,7 +426,9 @@ extern "C" fn call_periodic(
             let master = codec::decode_document(master.as_slice())?;
             emit(&out, &hook(etype.as_str(), &decode_eid(&eid)?, &master)?)
         }
-        Hook::PeriodicEidUpdate { hook, .. } => emit(&out, &hook(etype.as_str(), &decode_eid(&eid)?)?),
+        Hook::PeriodicEidUpdate { hook, .. } => {
+            emit(&out, &hook(etype.as_str(), &decode_eid(&eid)?)?)
+        }
         other => Err(wrong(idx, other)),
     })
 }

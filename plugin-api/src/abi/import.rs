@@ -12,7 +12,9 @@ use bson::{Bson, Document};
 use dp3_model::{DataPoint, DataPointTask, Eid};
 use serde::Deserialize;
 
-use super::codec::{self, CodecError, decode_task, dp_view, eid_view, encode_value, with_task_view};
+use super::codec::{
+    self, CodecError, decode_task, dp_view, eid_view, with_task_view, with_value_bytes,
+};
 use super::export::RootRef;
 use super::{Emitter, FfiError, HostVTable, ModuleHandle, TaskView};
 use crate::cron::CronSchedule;
@@ -62,9 +64,11 @@ pub(crate) fn check_info(info: &LibraryInfo) -> Result<(), String> {
         ));
     }
     if !info.panic_unwind {
-        return Err("built with panic = \"abort\"; a panic would kill the host, rebuild with \
+        return Err(
+            "built with panic = \"abort\"; a panic would kill the host, rebuild with \
                     panic = \"unwind\""
-            .to_owned());
+                .to_owned(),
+        );
     }
     Ok(())
 }
@@ -124,8 +128,11 @@ fn ffi_result<T>(r: RResult<T, FfiError>) -> HookResult<T> {
 
 impl ModuleControl for Remote {
     fn load_config(&self, config_json: &str) -> Result<(), ModuleError> {
-        ffi_result((self.0.vtable.load_config)(self.0.inst, RStr::from_str(config_json)))
-            .map_err(|e| ModuleError::new(e.to_string()))
+        ffi_result((self.0.vtable.load_config)(
+            self.0.inst,
+            RStr::from_str(config_json),
+        ))
+        .map_err(|e| ModuleError::new(e.to_string()))
     }
     fn start(&self) -> Result<(), ModuleError> {
         ffi_result((self.0.vtable.start)(self.0.inst)).map_err(|e| ModuleError::new(e.to_string()))
@@ -244,7 +251,9 @@ impl Sink {
     fn finish(self, r: RResult<(), FfiError>) -> Tasks {
         ffi_result(r)?;
         match self.error {
-            Some(e) => Err(HookError::new(format!("module returned unreadable output: {e}"))),
+            Some(e) => Err(HookError::new(format!(
+                "module returned unreadable output: {e}"
+            ))),
             None => Ok(self.tasks),
         }
     }
@@ -256,7 +265,10 @@ fn encode_doc(d: &Document) -> HookResult<Vec<u8>> {
     Ok(buf)
 }
 
-fn task_call(task: &DataPointTask, f: impl FnOnce(&TaskView<'_>) -> HookResult<()>) -> HookResult<()> {
+fn task_call(
+    task: &DataPointTask,
+    f: impl FnOnce(&TaskView<'_>) -> HookResult<()>,
+) -> HookResult<()> {
     with_task_view(task, f)?
 }
 
@@ -320,11 +332,11 @@ fn remote_hook(r: Remote, idx: u32, m: &RegMeta) -> Result<Hook, String> {
             hook: Arc::new(move |eid: &Eid, dp: &DataPoint| {
                 let mut s1 = [0; 16];
                 let mut s2 = [0; 16];
-                let mut value = Vec::with_capacity(64);
-                encode_value(&dp.v, &mut value)?;
-                let view = dp_view(dp, &mut s2, &value);
                 let mut sink = Sink::default();
-                let res = (vt.call_attr)(r.inst(), idx, eid_view(eid, &mut s1), &view, sink.emitter());
+                let res = with_value_bytes(&dp.v, |value| {
+                    let view = dp_view(dp, &mut s2, value);
+                    (vt.call_attr)(r.inst(), idx, eid_view(eid, &mut s1), &view, sink.emitter())
+                })?;
                 sink.finish(res)
             }),
         },
@@ -369,9 +381,9 @@ fn remote_hook(r: Remote, idx: u32, m: &RegMeta) -> Result<Hook, String> {
             let hook = if kind == "correlation" {
                 CorrelationFn::Values(Arc::new(move |e: &str, v: &mut Document| call(e, v, None)))
             } else {
-                CorrelationFn::WithMaster(Arc::new(move |e: &str, v: &mut Document, m: &Document| {
-                    call(e, v, Some(m))
-                }))
+                CorrelationFn::WithMaster(Arc::new(
+                    move |e: &str, v: &mut Document, m: &Document| call(e, v, Some(m)),
+                ))
             };
             Hook::Correlation {
                 entity: entity()?,
@@ -431,6 +443,11 @@ fn remote_hook(r: Remote, idx: u32, m: &RegMeta) -> Result<Hook, String> {
                 job: Arc::new(run),
             }
         }
-        other => return Err(format!("registration '{}' has unknown kind '{other}'", m.name)),
+        other => {
+            return Err(format!(
+                "registration '{}' has unknown kind '{other}'",
+                m.name
+            ));
+        }
     })
 }

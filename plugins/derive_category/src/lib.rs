@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use dp3_plugin_api::model::value::as_int;
-use dp3_plugin_api::{Bson, DataPoint, DataPointTask, HookError, Module, ModuleError, Refresh, Registrar, export_module};
+use dp3_plugin_api::{
+    Bson, DataPoint, DataPointTask, HookError, Module, ModuleError, Refresh, Registrar,
+    export_module,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -47,8 +50,13 @@ pub struct DeriveCategory {
 impl DeriveCategory {
     /// The derived datapoint for one incoming port observation.
     pub fn derive(&self, dp: &DataPoint) -> Result<Vec<DataPointTask>, HookError> {
-        let port = as_int(&dp.v).ok_or_else(|| HookError::new(format!("{} value {} is not an integer", dp.attr, dp.v)))?;
-        let config = self.config.read().map_err(|_| HookError::new("configuration lock poisoned"))?;
+        let port = as_int(&dp.v).ok_or_else(|| {
+            HookError::new(format!("{} value {} is not an integer", dp.attr, dp.v))
+        })?;
+        let config = self
+            .config
+            .read()
+            .map_err(|_| HookError::new("configuration lock poisoned"))?;
         let category = config.categorize(port);
         Ok(vec![DataPointTask {
             etype: dp.etype.clone(),
@@ -80,15 +88,26 @@ impl Module for DeriveCategory {
 
     fn load_config(&self, config: Config) -> Result<(), ModuleError> {
         if config.source_attribute != self.source {
-            return Err(ModuleError::new("source_attribute cannot change without reloading the module"));
+            return Err(ModuleError::new(
+                "source_attribute cannot change without reloading the module",
+            ));
         }
-        *self.config.write().map_err(|_| ModuleError::new("configuration lock poisoned"))? = config;
+        *self
+            .config
+            .write()
+            .map_err(|_| ModuleError::new("configuration lock poisoned"))? = config;
         Ok(())
     }
 
     fn register(self: &Arc<Self>, r: &mut Registrar) -> Result<(), ModuleError> {
         let me = Arc::clone(self);
-        r.on_new_attr("derive", "ip", &self.source, Refresh::Never, move |_, dp| me.derive(dp));
+        r.on_new_attr(
+            "derive",
+            "ip",
+            &self.source,
+            Refresh::Never,
+            move |_, dp| me.derive(dp),
+        );
         Ok(())
     }
 }
@@ -102,21 +121,34 @@ mod tests {
 
     fn harness() -> ModuleTest {
         let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
-        ModuleTest::with_config_dir::<DeriveCategory>("derive_category", Some(&config), None).expect("module loads")
+        ModuleTest::with_config_dir::<DeriveCategory>("derive_category", Some(&config), None)
+            .expect("module loads")
     }
 
     #[test]
     fn registers_one_attribute_hook() {
         let t = harness();
         t.assert_registered_once("on_new_attr", Some("ip"), Some("open_ports"));
-        assert!(t.validation_errors().is_empty(), "{:?}", t.validation_errors());
+        assert!(
+            t.validation_errors().is_empty(),
+            "{:?}",
+            t.validation_errors()
+        );
     }
 
     #[test]
     fn categorizes_ports_with_the_configured_rules() {
         let t = harness();
         for (port, category) in [(22, "server"), (631, "printer"), (4444, "unknown")] {
-            let dp = t.make_observation_datapoint("ip", "192.0.2.1", "open_ports", Bson::Int32(port), None).unwrap();
+            let dp = t
+                .make_observation_datapoint(
+                    "ip",
+                    "192.0.2.1",
+                    "open_ports",
+                    Bson::Int32(port),
+                    None,
+                )
+                .unwrap();
             let tasks = t.run_on_new_attr("ip", "open_ports", &dp.eid, &dp).unwrap();
             let out = assert_datapoint(&tasks, &DpMatch::attr("category").v(category));
             assert_eq!(out.t1, dp.t1);
@@ -130,7 +162,9 @@ mod tests {
         let t = harness();
         let cfg = r#"{"rules": {"gateway": [22]}, "default": "other"}"#;
         t.module.control.load_config(cfg).unwrap();
-        let dp = t.make_observation_datapoint("ip", "192.0.2.1", "open_ports", Bson::Int32(22), None).unwrap();
+        let dp = t
+            .make_observation_datapoint("ip", "192.0.2.1", "open_ports", Bson::Int32(22), None)
+            .unwrap();
         let tasks = t.run_on_new_attr("ip", "open_ports", &dp.eid, &dp).unwrap();
         assert_datapoint(&tasks, &DpMatch::attr("category").v("gateway"));
     }

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dp3_plugin_api::period::parse_period;
-use dp3_plugin_api::{Bson, DataPoint, DataPointTask, Document, Eid, ModuleMetrics, Module, ModuleError, Registrar, export_module};
+use dp3_plugin_api::{
+    Bson, DataPoint, DataPointTask, Document, Eid, Module, ModuleError, ModuleMetrics, Registrar,
+    export_module,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -17,7 +20,9 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { period: "1h".into() }
+        Config {
+            period: "1h".into(),
+        }
     }
 }
 
@@ -54,13 +59,19 @@ impl Module for DeviceLabel {
 
     fn new(config: Config, r: &Registrar) -> Result<Self, ModuleError> {
         let period = parse_period(&config.period).map_err(|e| ModuleError::new(e.to_string()))?;
-        Ok(DeviceLabel { period, metrics: r.metrics() })
+        Ok(DeviceLabel {
+            period,
+            metrics: r.metrics(),
+        })
     }
 
     fn register(self: &Arc<Self>, r: &mut Registrar) -> Result<(), ModuleError> {
-        r.periodic_update("label_from_vendor", "device", self.period, |_, eid, master| {
-            Ok(label_task(eid, master).into_iter().collect())
-        });
+        r.periodic_update(
+            "label_from_vendor",
+            "device",
+            self.period,
+            |_, eid, master| Ok(label_task(eid, master).into_iter().collect()),
+        );
         let me = Arc::clone(self);
         r.periodic_eid_update("count_devices", "device", self.period, move |_, _| {
             me.metrics.counter("devices_visited", 1);
@@ -81,12 +92,32 @@ mod tests {
     #[test]
     fn labels_devices_from_their_vendor() {
         let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
-        let t = ModuleTest::with_config_dir::<DeviceLabel>("device_label", Some(&config), None).unwrap();
-        assert!(t.validation_errors().is_empty(), "{:?}", t.validation_errors());
+        let t = ModuleTest::with_config_dir::<DeviceLabel>("device_label", Some(&config), None)
+            .unwrap();
+        assert!(
+            t.validation_errors().is_empty(),
+            "{:?}",
+            t.validation_errors()
+        );
         let eid = t.eid("device", "aa:bb:cc:dd:ee:ff").unwrap();
-        let tasks = t.run_periodic_update("device", &eid, &doc! {"vendor": {"v": "ACME"}}, Some("label_from_vendor")).unwrap();
+        let tasks = t
+            .run_periodic_update(
+                "device",
+                &eid,
+                &doc! {"vendor": {"v": "ACME"}},
+                Some("label_from_vendor"),
+            )
+            .unwrap();
         assert_datapoint(&tasks, &DpMatch::attr("label").v("ACME"));
-        assert_no_tasks(&t.run_periodic_update("device", &eid, &doc! {"label": {"v": "x"}, "vendor": {"v": "ACME"}}, None).unwrap());
+        assert_no_tasks(
+            &t.run_periodic_update(
+                "device",
+                &eid,
+                &doc! {"label": {"v": "x"}, "vendor": {"v": "ACME"}},
+                None,
+            )
+            .unwrap(),
+        );
         assert_no_tasks(&t.run_periodic_eid_update("device", &eid, None).unwrap());
         assert_eq!(t.services.counters.lock().unwrap().len(), 1);
     }

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use dp3_plugin_api::model::value;
-use dp3_plugin_api::{DataPoint, DataPointTask, Module, ModuleError, Refresh, Registrar, export_module};
+use dp3_plugin_api::{
+    DataPoint, DataPointTask, Module, ModuleError, Refresh, Registrar, export_module,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -41,24 +43,29 @@ impl Module for FirstSeen {
     fn register(self: &Arc<Self>, r: &mut Registrar) -> Result<(), ModuleError> {
         for etype in &self.config.entity_types {
             let attr = self.config.attribute.clone();
-            r.on_entity_creation("record_first_seen", etype, Refresh::Never, move |eid, task| {
-                let now = chrono_now();
-                Ok(vec![DataPointTask {
-                    etype: task.etype.clone(),
-                    eid: eid.clone(),
-                    data_points: vec![DataPoint {
+            r.on_entity_creation(
+                "record_first_seen",
+                etype,
+                Refresh::Never,
+                move |eid, task| {
+                    let now = chrono_now();
+                    Ok(vec![DataPointTask {
                         etype: task.etype.clone(),
                         eid: eid.clone(),
-                        attr: attr.clone(),
-                        src: Some("first_seen".into()),
-                        v: value::time(now),
-                        c: 1.0,
-                        t1: None,
-                        t2: None,
-                    }],
-                    ..DataPointTask::default()
-                }])
-            });
+                        data_points: vec![DataPoint {
+                            etype: task.etype.clone(),
+                            eid: eid.clone(),
+                            attr: attr.clone(),
+                            src: Some("first_seen".into()),
+                            v: value::time(now),
+                            c: 1.0,
+                            t1: None,
+                            t2: None,
+                        }],
+                        ..DataPointTask::default()
+                    }])
+                },
+            );
         }
         Ok(())
     }
@@ -78,11 +85,13 @@ mod tests {
     #[test]
     fn new_ips_get_first_seen() {
         let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
-        let t = ModuleTest::with_config_dir::<FirstSeen>("first_seen", Some(&config), None).unwrap();
+        let t =
+            ModuleTest::with_config_dir::<FirstSeen>("first_seen", Some(&config), None).unwrap();
         assert!(t.validation_errors().is_empty());
         let eid = t.eid("ip", "192.0.2.7").unwrap();
         let tasks = t.run_on_entity_creation("ip", &eid, None).unwrap();
         assert_datapoint(&tasks, &DpMatch::attr("first_seen").eid(eid));
-        t.make_task("ip", "192.0.2.7", tasks[0].data_points.clone()).unwrap();
+        t.make_task("ip", "192.0.2.7", tasks[0].data_points.clone())
+            .unwrap();
     }
 }

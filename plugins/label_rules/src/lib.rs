@@ -5,7 +5,10 @@
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use dp3_plugin_api::{Bson, CronSchedule, DataPoint, DataPointTask, Eid, HookError, Module, ModuleError, ModuleLogger, Refresh, Registrar, export_module};
+use dp3_plugin_api::{
+    Bson, CronSchedule, DataPoint, DataPointTask, Eid, HookError, Module, ModuleError,
+    ModuleLogger, Refresh, Registrar, export_module,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,7 +47,10 @@ impl LabelRules {
         let text = std::fs::read_to_string(file)?;
         let rules = parse_rules(&text).map_err(HookError::new)?;
         let n = rules.len();
-        *self.rules.write().map_err(|_| HookError::new("rules lock poisoned"))? = rules;
+        *self
+            .rules
+            .write()
+            .map_err(|_| HookError::new("rules lock poisoned"))? = rules;
         self.log.info(format!("loaded {n} labelling rules"));
         Ok(n)
     }
@@ -52,7 +58,10 @@ impl LabelRules {
     pub fn label_for(&self, eid: &Eid) -> Option<String> {
         let key = eid.to_string();
         let rules = self.rules.read().ok()?;
-        rules.iter().find(|(p, _)| key.starts_with(p.as_str())).map(|(_, l)| l.clone())
+        rules
+            .iter()
+            .find(|(p, _)| key.starts_with(p.as_str()))
+            .map(|(_, l)| l.clone())
     }
 }
 
@@ -70,37 +79,46 @@ impl Module for LabelRules {
 
     fn register(self: &Arc<Self>, r: &mut Registrar) -> Result<(), ModuleError> {
         let me = Arc::clone(self);
-        r.scheduler_register("reload_rules", CronSchedule::new().minute(&self.minute), move || {
-            me.reload()?;
-            Ok(vec![])
-        });
+        r.scheduler_register(
+            "reload_rules",
+            CronSchedule::new().minute(&self.minute),
+            move || {
+                me.reload()?;
+                Ok(vec![])
+            },
+        );
         let me = Arc::clone(self);
         r.scheduler_register_once("initial_load", move || {
             me.reload()?;
             Ok(vec![])
         });
         let me = Arc::clone(self);
-        r.on_entity_creation("label_new_device", "device", Refresh::Never, move |eid, _| {
-            Ok(me
-                .label_for(eid)
-                .map(|label| DataPointTask {
-                    etype: "device".into(),
-                    eid: eid.clone(),
-                    data_points: vec![DataPoint {
+        r.on_entity_creation(
+            "label_new_device",
+            "device",
+            Refresh::Never,
+            move |eid, _| {
+                Ok(me
+                    .label_for(eid)
+                    .map(|label| DataPointTask {
                         etype: "device".into(),
                         eid: eid.clone(),
-                        attr: "label".into(),
-                        src: Some("label_rules".into()),
-                        v: Bson::String(label),
-                        c: 1.0,
-                        t1: None,
-                        t2: None,
-                    }],
-                    ..DataPointTask::default()
-                })
-                .into_iter()
-                .collect())
-        });
+                        data_points: vec![DataPoint {
+                            etype: "device".into(),
+                            eid: eid.clone(),
+                            attr: "label".into(),
+                            src: Some("label_rules".into()),
+                            v: Bson::String(label),
+                            c: 1.0,
+                            t1: None,
+                            t2: None,
+                        }],
+                        ..DataPointTask::default()
+                    })
+                    .into_iter()
+                    .collect())
+            },
+        );
         Ok(())
     }
 }
@@ -119,8 +137,13 @@ mod tests {
         std::fs::write(&rules, "aa:bb=lab printer\n").unwrap();
         let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
         let cfg = serde_json::json!({"rules_file": rules, "reload_minute": "*/5"});
-        let t = ModuleTest::with_config_dir::<LabelRules>("label_rules", Some(&config), Some(cfg)).unwrap();
-        assert!(t.validation_errors().is_empty(), "{:?}", t.validation_errors());
+        let t = ModuleTest::with_config_dir::<LabelRules>("label_rules", Some(&config), Some(cfg))
+            .unwrap();
+        assert!(
+            t.validation_errors().is_empty(),
+            "{:?}",
+            t.validation_errors()
+        );
         let eid = t.eid("device", "aa:bb:cc:dd:ee:ff").unwrap();
         assert_no_tasks(&t.run_on_entity_creation("device", &eid, None).unwrap());
         t.run_scheduler_job("reload_rules").unwrap();

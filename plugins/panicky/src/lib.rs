@@ -18,9 +18,19 @@ impl Module for Panicky {
     fn register(self: &Arc<Self>, r: &mut Registrar) -> Result<(), ModuleError> {
         r.on_task_start("boom_task", |_| panic!("on_task_start panics"));
         r.allow_entity_creation("boom_allow", "ip", |_, _| panic!("allow panics"));
-        r.on_entity_creation("boom_create", "ip", Refresh::Never, |_, _| panic!("creation panics"));
-        r.on_new_attr("boom_attr", "ip", "hostname", Refresh::Never, |_, _| panic!("attr panics"));
-        r.correlation("boom_corr", "ip", vec![], paths(&[&["hostname"]]), |_, _| panic!("correlation panics"));
+        r.on_entity_creation("boom_create", "ip", Refresh::Never, |_, _| {
+            panic!("creation panics")
+        });
+        r.on_new_attr("boom_attr", "ip", "hostname", Refresh::Never, |_, _| {
+            panic!("attr panics")
+        });
+        r.correlation(
+            "boom_corr",
+            "ip",
+            vec![],
+            paths(&[&["hostname"]]),
+            |_, _| panic!("correlation panics"),
+        );
         Ok(())
     }
 }

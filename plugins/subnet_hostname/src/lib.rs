@@ -23,7 +23,13 @@ pub fn placeholder(prefix: &str, values: &Document) -> Option<String> {
     if values.get_str("hostname").is_ok() {
         return None;
     }
-    let description = values.get_document("subnet").ok()?.get_document("record").ok()?.get_str("description").ok()?;
+    let description = values
+        .get_document("subnet")
+        .ok()?
+        .get_document("record")
+        .ok()?
+        .get_str("description")
+        .ok()?;
     Some(format!("{prefix}{description}"))
 }
 
@@ -31,7 +37,9 @@ impl Module for SubnetHostname {
     type Config = Config;
 
     fn new(config: Config, _: &Registrar) -> Result<Self, ModuleError> {
-        Ok(SubnetHostname { prefix: config.prefix })
+        Ok(SubnetHostname {
+            prefix: config.prefix,
+        })
     }
 
     fn register(self: &Arc<Self>, r: &mut Registrar) -> Result<(), ModuleError> {
@@ -63,8 +71,17 @@ mod tests {
     #[test]
     fn copies_the_subnet_description_across_the_link() {
         let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
-        let t = ModuleTest::with_config_dir::<SubnetHostname>("subnet_hostname", Some(&config), Some(serde_json::json!({"prefix": "net-"}))).unwrap();
-        assert!(t.validation_errors().is_empty(), "{:?}", t.validation_errors());
+        let t = ModuleTest::with_config_dir::<SubnetHostname>(
+            "subnet_hostname",
+            Some(&config),
+            Some(serde_json::json!({"prefix": "net-"})),
+        )
+        .unwrap();
+        assert!(
+            t.validation_errors().is_empty(),
+            "{:?}",
+            t.validation_errors()
+        );
         let mut rec = doc! {"eid": "192.0.2.1", "subnet": {"eid": "s1", "record": {"eid": "s1", "description": "lab"}}};
         t.run_correlation_hooks("ip", &mut rec, None).unwrap();
         assert_record_contains(&rec, &doc! {"hostname": "net-lab"});

@@ -67,14 +67,26 @@ impl Module for TestModule {
                 },
             );
         }
-        r.correlation("modify_c", "C", vec![], paths(&[&["data2"]]), |_, values| {
-            values.insert("data2", "modifc");
-            Ok(vec![])
-        });
-        r.correlation("modify_d", "D", vec![], paths(&[&["data1"]]), |_, values| {
-            values.insert("data1", "modifd");
-            Ok(vec![])
-        });
+        r.correlation(
+            "modify_c",
+            "C",
+            vec![],
+            paths(&[&["data2"]]),
+            |_, values| {
+                values.insert("data2", "modifc");
+                Ok(vec![])
+            },
+        );
+        r.correlation(
+            "modify_d",
+            "D",
+            vec![],
+            paths(&[&["data1"]]),
+            |_, values| {
+                values.insert("data1", "modifd");
+                Ok(vec![])
+            },
+        );
         r.correlation_with_master_record(
             "data4_from_master",
             "A",

@@ -22,11 +22,12 @@ use crate::spec::ModelSpec;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use sections::{
-    ApiConfig, ControlAction, ControlConfig, CorsConfig, DatabaseBackend, DatabaseConfig,
-    DatapointArchivationConfig, DatapointLoggerConfig, EventGroupConfig, EventLoggingConfig,
-    GarbageCollectorConfig, HistoryManagerConfig, MongoConnection, MongoHost, MsgBrokerConfig,
-    ProcessingCoreConfig, RedisConfig, SnapshotCleaningConfig, SnapshotsConfig, SqliteConfig,
-    StorageConfig, TelemetryConfig, UpdaterConfig,
+    ApiConfig, ApiLimits, ApiScope, ApiToken, AuthConfig, ControlAction, ControlConfig, CorsConfig,
+    DatabaseBackend, DatabaseConfig, DatapointArchivationConfig, DatapointLoggerConfig,
+    EventGroupConfig, EventLoggingConfig, GarbageCollectorConfig, HistoryManagerConfig,
+    MongoConnection, MongoHost, MsgBrokerConfig, ProcessingCoreConfig, RedisConfig,
+    SnapshotCleaningConfig, SnapshotsConfig, SqliteConfig, StorageConfig, TelemetryConfig,
+    TokenSecret, UpdaterConfig,
 };
 pub use tree::ignored_yaml_files;
 

@@ -840,6 +840,82 @@ pub struct DatapointLoggerConfig {
     pub bad_log: Option<PathBuf>,
 }
 
+/// `limits` in api.yml (our extension): bounds on what one request may ask for. Exceeding
+/// one is a `4xx` that names the limit and its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Request body size in bytes (`413`).
+    pub max_body_bytes: usize,
+    /// Datapoints in one `POST /datapoints` (`413`).
+    pub max_datapoints_per_request: usize,
+    /// Length in bytes of any JSON string in a request body (`413`).
+    pub max_string_length: usize,
+    /// Items of any JSON array below the top level of a request body (`413`).
+    pub max_array_length: usize,
+    /// Nesting depth of JSON arrays/objects in a request body (`413`).
+    pub max_nesting_depth: usize,
+    /// `limit` query parameter of paged endpoints (`422`).
+    pub max_page_size: u64,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_body_bytes: 64 * 1024 * 1024,
+            max_datapoints_per_request: 100_000,
+            max_string_length: 1024 * 1024,
+            max_array_length: 100_000,
+            max_nesting_depth: 64,
+            max_page_size: 100_000,
+        }
+    }
+}
+
+/// What an API token may do (`auth.tokens[].scopes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApiScope {
+    /// `GET` endpoints (entities, snapshots, telemetry).
+    Read,
+    /// Endpoints that submit datapoints or change records.
+    Write,
+    /// `/control/*` actions.
+    Control,
+}
+
+impl ApiScope {
+    pub const ALL: [ApiScope; 3] = [ApiScope::Read, ApiScope::Write, ApiScope::Control];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiScope::Read => "read",
+            ApiScope::Write => "write",
+            ApiScope::Control => "control",
+        }
+    }
+}
+
+/// The secret of a token: the plain token, or the lowercase hex SHA-256 of it (so api.yml
+/// need not hold the secret itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSecret {
+    Plain(String),
+    Sha256Hex(String),
+}
+
+/// One entry of `auth.tokens`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    pub name: String,
+    pub secret: TokenSecret,
+    pub scopes: Vec<ApiScope>,
+}
+
+/// `auth` in api.yml (our extension). No `auth` section = open API, as in DP3.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuthConfig {
+    pub tokens: Vec<ApiToken>,
+}
+
 /// api.yml.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ApiConfig {
@@ -848,10 +924,176 @@ pub struct ApiConfig {
     pub listen: Option<String>,
     pub cors: CorsConfig,
     pub datapoint_logger: DatapointLoggerConfig,
+    /// Our extension: request limits.
+    pub limits: ApiLimits,
+    /// Our extension: API tokens; `None` = no authentication (DP3-compatible).
+    pub auth: Option<AuthConfig>,
+}
+
+fn parse_limits(ctx: &mut Ctx, v: &Yaml, p: &str) -> Option<ApiLimits> {
+    let d = ApiLimits::default();
+    let f = ctx.fields(
+        v,
+        p,
+        &[
+            "max_body_bytes",
+            "max_datapoints_per_request",
+            "max_string_length",
+            "max_array_length",
+            "max_nesting_depth",
+            "max_page_size",
+        ],
+    )?;
+    // usize fits every positive i64 on the 64-bit targets we build for; clamp otherwise.
+    let size = |ctx: &mut Ctx, v: &Yaml, p: &str| -> Option<usize> {
+        ctx.int(v, p, 1, i64::MAX)
+            .map(|i| usize::try_from(i).unwrap_or(usize::MAX))
+    };
+    let max_body_bytes = f.opt(ctx, "max_body_bytes", d.max_body_bytes, size);
+    let max_dps = f.opt(
+        ctx,
+        "max_datapoints_per_request",
+        d.max_datapoints_per_request,
+        size,
+    );
+    let max_string = f.opt(ctx, "max_string_length", d.max_string_length, size);
+    let max_array = f.opt(ctx, "max_array_length", d.max_array_length, size);
+    // Depth 1 is a flat list of datapoints that are objects: 2 is the least that works.
+    let max_depth = f.opt(
+        ctx,
+        "max_nesting_depth",
+        d.max_nesting_depth,
+        |ctx, v, p| ctx.int(v, p, 2, 10_000).map(|i| i as usize),
+    );
+    let max_page = f.opt(ctx, "max_page_size", d.max_page_size, |ctx, v, p| {
+        ctx.int(v, p, 1, i64::MAX).map(|i| i.unsigned_abs())
+    });
+    Some(ApiLimits {
+        max_body_bytes: max_body_bytes?,
+        max_datapoints_per_request: max_dps?,
+        max_string_length: max_string?,
+        max_array_length: max_array?,
+        max_nesting_depth: max_depth?,
+        max_page_size: max_page?,
+    })
+}
+
+fn parse_auth(ctx: &mut Ctx, v: &Yaml, p: &str) -> Option<AuthConfig> {
+    let f = ctx.fields(v, p, &["tokens"])?;
+    let tokens = f.req(ctx, "tokens", |ctx, v, p| {
+        let Yaml::Sequence(items) = v else {
+            ctx.invalid(
+                p,
+                v,
+                "expected a list, got",
+                "a list of {name, token | token_sha256, scopes}",
+            );
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match parse_token(ctx, item, &format!("{p}[{i}]")) {
+                Some(t) => out.push(t),
+                None => ok = false,
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in out.iter().enumerate() {
+            if !seen.insert(t.name.as_str()) {
+                ctx.push(
+                    ConfigError::new(
+                        ctx.file.clone(),
+                        format!("{p}[{i}].name"),
+                        "duplicate token name",
+                    )
+                    .with_value(format!("{:?}", t.name))
+                    .with_expected("a name used by one token only"),
+                );
+                ok = false;
+            }
+        }
+        ok.then_some(out)
+    });
+    Some(AuthConfig { tokens: tokens? })
+}
+
+fn parse_token(ctx: &mut Ctx, v: &Yaml, p: &str) -> Option<ApiToken> {
+    let f = ctx.fields(v, p, &["name", "token", "token_sha256", "scopes"])?;
+    let name = f.req(ctx, "name", Ctx::string);
+    let plain = f.nullable(ctx, "token", |ctx, v, p| {
+        let s = ctx.string(v, p)?;
+        if s.len() < 16 {
+            ctx.invalid(
+                p,
+                v,
+                "token too short",
+                "a secret of at least 16 characters",
+            );
+            return None;
+        }
+        Some(s)
+    });
+    let hashed = f.nullable(ctx, "token_sha256", |ctx, v, p| {
+        let s = ctx.string(v, p)?;
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            ctx.invalid(p, v, "invalid SHA-256", "64 hexadecimal digits");
+            return None;
+        }
+        Some(s.to_ascii_lowercase())
+    });
+    let scopes = f.req(ctx, "scopes", |ctx, v, p| {
+        let names = ctx.string_list(v, p)?;
+        let mut scopes = Vec::with_capacity(names.len());
+        for (i, n) in names.iter().enumerate() {
+            match ApiScope::ALL.iter().find(|s| s.name() == n) {
+                Some(s) if !scopes.contains(s) => scopes.push(*s),
+                Some(_) => {}
+                None => {
+                    ctx.push(
+                        ConfigError::new(ctx.file.clone(), format!("{p}[{i}]"), "unknown scope")
+                            .with_value(format!("{n:?}"))
+                            .with_expected("read, write or control")
+                            .with_suggestion(suggest(n, ApiScope::ALL.iter().map(|s| s.name()))),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(scopes)
+    });
+    let (name, plain, hashed, scopes) = (name?, plain?, hashed?, scopes?);
+    let secret = match (plain, hashed) {
+        (Some(t), None) => TokenSecret::Plain(t),
+        (None, Some(h)) => TokenSecret::Sha256Hex(h),
+        (Some(_), Some(_)) => {
+            ctx.push(
+                ConfigError::new(ctx.file.clone(), p, "both token and token_sha256 given")
+                    .with_expected("exactly one of token, token_sha256"),
+            );
+            return None;
+        }
+        (None, None) => {
+            ctx.push(
+                ConfigError::new(ctx.file.clone(), p, "no secret given")
+                    .with_expected("exactly one of token, token_sha256"),
+            );
+            return None;
+        }
+    };
+    Some(ApiToken {
+        name,
+        secret,
+        scopes,
+    })
 }
 
 fn parse_api(ctx: &mut Ctx, v: &Yaml, base: &Path) -> Option<ApiConfig> {
-    let f = ctx.fields(v, "", &["listen", "cors", "datapoint_logger"])?;
+    let f = ctx.fields(
+        v,
+        "",
+        &["listen", "cors", "datapoint_logger", "limits", "auth"],
+    )?;
     let listen = f.nullable(ctx, "listen", |ctx, v, p| {
         let s = ctx.string(v, p)?;
         let valid = s.rsplit_once(':').is_some_and(|(host, port)| {
@@ -896,10 +1138,14 @@ fn parse_api(ctx: &mut Ctx, v: &Yaml, base: &Path) -> Option<ApiConfig> {
             })
         },
     );
+    let limits = f.opt(ctx, "limits", ApiLimits::default(), parse_limits);
+    let auth = f.nullable(ctx, "auth", parse_auth);
     Some(ApiConfig {
         listen: listen?,
         cors: cors?,
         datapoint_logger: logger?,
+        limits: limits?,
+        auth: auth?,
     })
 }
 

@@ -949,6 +949,60 @@ const SECTION_CASES: &[(&str, &str, &str, &str)] = &[
         "datapoint_loger",
         "did you mean \"datapoint_logger\"",
     ),
+    (
+        "api.yml",
+        "limits: {max_body: 5}\n",
+        "limits.max_body",
+        "did you mean \"max_body_bytes\"",
+    ),
+    (
+        "api.yml",
+        "limits: {max_page_size: 0}\n",
+        "limits.max_page_size",
+        "out of range",
+    ),
+    (
+        "api.yml",
+        "limits: {max_nesting_depth: 1}\n",
+        "limits.max_nesting_depth",
+        "out of range",
+    ),
+    (
+        "api.yml",
+        "auth: {tokens: [{name: a, token: short, scopes: [read]}]}\n",
+        "auth.tokens[0].token",
+        "token too short",
+    ),
+    (
+        "api.yml",
+        "auth: {tokens: [{name: a, token_sha256: abc, scopes: [read]}]}\n",
+        "auth.tokens[0].token_sha256",
+        "invalid SHA-256",
+    ),
+    (
+        "api.yml",
+        "auth: {tokens: [{name: a, token: 0123456789abcdef, scopes: [raed]}]}\n",
+        "auth.tokens[0].scopes[0]",
+        "did you mean \"read\"",
+    ),
+    (
+        "api.yml",
+        "auth: {tokens: [{name: a, scopes: [read]}]}\n",
+        "auth.tokens[0]",
+        "no secret given",
+    ),
+    (
+        "api.yml",
+        "auth: {tokens: [{name: a, token: 0123456789abcdef, scopes: [read]}, {name: a, token: 0123456789abcdeg, scopes: [read]}]}\n",
+        "auth.tokens[1].name",
+        "duplicate token name",
+    ),
+    (
+        "api.yml",
+        "auth: {tokenz: []}\n",
+        "auth.tokenz",
+        "did you mean \"tokens\"",
+    ),
     // cron fields (through garbage_collector.yml)
     (
         "garbage_collector.yml",
@@ -1583,4 +1637,36 @@ fn duplicate_keys_are_errors() {
         "",
         "duplicate entry with key \"a\"",
     );
+}
+
+#[test]
+fn api_limits_and_auth_are_read() {
+    let api = "limits: {max_body_bytes: 1000, max_page_size: 50}\n\
+         auth:\n  tokens:\n    - {name: reader, token: 0123456789abcdef, scopes: [read]}\n\
+         \x20   - {name: ops, token_sha256: \"ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789\", scopes: [read, write, control, read]}\n";
+    let c = load_ok(&[("api.yml", Some(api))]);
+    assert_eq!(c.api.limits.max_body_bytes, 1000);
+    assert_eq!(c.api.limits.max_page_size, 50);
+    assert_eq!(
+        c.api.limits.max_nesting_depth,
+        ApiLimits::default().max_nesting_depth
+    );
+    let auth = c.api.auth.unwrap();
+    assert_eq!(auth.tokens.len(), 2);
+    assert_eq!(
+        auth.tokens[0].secret,
+        TokenSecret::Plain("0123456789abcdef".into())
+    );
+    assert_eq!(
+        auth.tokens[1].secret,
+        TokenSecret::Sha256Hex(
+            "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789".into()
+        )
+    );
+    assert_eq!(
+        auth.tokens[1].scopes,
+        vec![ApiScope::Read, ApiScope::Write, ApiScope::Control]
+    );
+    // No auth section: open API.
+    assert_eq!(load_ok(&[]).api.auth, None);
 }

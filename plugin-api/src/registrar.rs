@@ -63,8 +63,8 @@ impl Registrar {
         &self.platform
     }
 
-    /// The entity model, when the host provides it (in-process modules and the test harness;
-    /// module libraries can load it from `platform().config_dir`).
+    /// The entity model. In a module library it is loaded from `platform().config_dir` at
+    /// creation (`None` when that directory has no valid configuration).
     pub fn model_spec(&self) -> Option<&Arc<ModelSpec>> {
         self.model.as_ref()
     }

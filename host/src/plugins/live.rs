@@ -392,7 +392,22 @@ impl ModuleLoader {
         use notify::{RecursiveMode, Watcher};
         let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if let Ok(ev) = ev {
+            use notify::EventKind;
+            use notify::event::ModifyKind;
+            // Only content changes and new files: reading a file (including our own reads of
+            // the YAML) must not trigger a reload.
+            let relevant = |k: &EventKind| {
+                matches!(
+                    k,
+                    EventKind::Create(_)
+                        | EventKind::Modify(
+                            ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any
+                        )
+                )
+            };
+            if let Ok(ev) = ev
+                && relevant(&ev.kind)
+            {
                 for p in ev.paths {
                     let _ = tx.send(p);
                 }

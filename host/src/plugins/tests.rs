@@ -611,3 +611,55 @@ fn hot_reload_swaps_generations_and_survives_broken_builds() {
     loader.refresh_config("derive_category").unwrap();
     assert!(loader.live().load().refresh_pending("derive_category"));
 }
+
+#[test]
+fn the_watcher_reloads_module_configuration() {
+    let modules = modules_dir(&[("derive_category", "derive_category")]);
+    let state = tempfile::tempdir().unwrap();
+    let config = tempfile::tempdir().unwrap();
+    std::fs::create_dir(config.path().join("modules")).unwrap();
+    let yml = config.path().join("modules/derive_category.yml");
+    std::fs::write(&yml, "rules: {server: [22]}\n").unwrap();
+    let source = ModuleSource {
+        modules_dir: modules.path().to_owned(),
+        enabled_modules: vec!["derive_category".into()],
+        config_dir: config.path().to_owned(),
+        state_dir: state.path().to_owned(),
+        platform: PlatformConfig::default(),
+        services: Arc::new(TracingServices::default()),
+        check_permissions: false,
+        max_generations: 8,
+    };
+    let loader = Arc::new(ModuleLoader::new(
+        example_model(),
+        RegistrySettings::default(),
+        source,
+    ));
+    loader.load_all().expect("loads");
+    let _watcher = loader.watch(Duration::from_millis(200)).expect("watcher");
+    let dp = open_ports_dp(22);
+    let first = loader
+        .live()
+        .load()
+        .on_new_attr("ip", "open_ports", &dp.eid, &dp);
+    assert_eq!(first.len(), 1, "{:?}", loader.stats().snapshot());
+    let category = |l: &ModuleLoader| {
+        let out = l
+            .live()
+            .load()
+            .on_new_attr("ip", "open_ports", &dp.eid, &dp);
+        assert_eq!(out.len(), 1, "{:?}", l.stats().snapshot());
+        out[0].data_points[0].v.clone()
+    };
+    assert_eq!(category(&loader), Bson::String("server".into()));
+    std::fs::write(&yml, "rules: {router: [22]}\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while category(&loader) != Bson::String("router".into()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "configuration change not picked up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(loader.live().load().refresh_pending("derive_category"));
+}

@@ -136,11 +136,17 @@ extern "C" fn create<M: Module>(
         let platform: PlatformConfig = serde_json::from_str(platform_json.as_str())
             .map_err(|e| ModuleError::new(format!("invalid platform config: {e}")))?;
         let services: Arc<dyn HostServices> = Arc::new(FfiServices(host));
+        // The model crosses no boundary: the module reads it from the configuration directory
+        // itself (same files as the host, so the same model).
+        let model = (!platform.config_dir.as_os_str().is_empty())
+            .then(|| dp3_model::config::load_config_dir(&platform.config_dir).ok())
+            .flatten()
+            .map(|c| Arc::new(c.model));
         let instance = instantiate::<M>(
             name.as_str(),
             config_json.as_str(),
             platform,
-            None,
+            model,
             services,
         )?;
         let registrations = instance.registrar.into_registrations();

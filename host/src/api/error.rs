@@ -217,8 +217,8 @@ impl From<dp3_model::validate::ValidationError> for ErrorItem {
                 .map(|l| serde_json::to_value(l).unwrap_or(Json::Null))
                 .collect(),
             msg: e.msg,
-            input: Some(e.input),
-            ctx: e.ctx,
+            input: Some(*e.input),
+            ctx: e.ctx.map(|c| *c),
         }
     }
 }

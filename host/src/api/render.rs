@@ -181,8 +181,18 @@ pub fn observations_history(stored: Option<&Bson>, w: &Window) -> Vec<Json> {
     items
         .iter()
         .filter(|b| stored_item(b).is_some_and(|it| w.overlaps(it.t1, it.t2)))
-        .map(to_api_json)
+        .map(observation_item_json)
         .collect()
+}
+
+/// One stored observation as DP3 shows it: `{t1, t2, v, c}` (the merge count aggregation
+/// keeps next to merged items is internal).
+fn observation_item_json(b: &Bson) -> Json {
+    let mut j = to_api_json(b);
+    if let Json::Object(m) = &mut j {
+        m.remove(dp3_model::aggregate::MERGE_COUNT_KEY);
+    }
+    j
 }
 
 /// Timeseries rows overlapping the window, expanded to one point per sample
@@ -283,6 +293,12 @@ pub fn master_record_json(et: &EntityType, master: Option<&Document>, w: &Window
             Some(a) if matches!(a.kind, AttrKind::Timeseries { .. }) => {
                 Json::Array(timeseries_history(a, Some(value), w))
             }
+            Some(a) if matches!(a.kind, AttrKind::Observations { .. }) => match value {
+                Bson::Array(items) => {
+                    Json::Array(items.iter().map(observation_item_json).collect())
+                }
+                other => to_api_json(other),
+            },
             _ => to_api_json(value),
         };
         out.insert(key.clone(), rendered);

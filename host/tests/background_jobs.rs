@@ -15,9 +15,7 @@ use dp3::background::gc::GarbageCollector;
 use dp3::background::history::HistoryManager;
 use dp3::background::scheduler::Scheduler;
 use dp3::background::telemetry::SourceTelemetry;
-use dp3::background::updater::{
-    UpdateThread, UpdateThreadKey, Updater, UpdaterDeps, UpdaterHooks,
-};
+use dp3::background::updater::{UpdateThread, UpdateThreadKey, Updater, UpdaterDeps, UpdaterHooks};
 use dp3::background::{BackgroundDeps, register_jobs};
 use dp3::clock::ManualClock;
 use dp3::pipeline::executor::HookSource;
@@ -194,7 +192,13 @@ fn s(x: &str) -> Eid {
     Eid::String(x.into())
 }
 
-fn dp(etype: &str, eid: Eid, attr: &str, v: Bson, t: Option<(DateTime<Utc>, DateTime<Utc>)>) -> DataPoint {
+fn dp(
+    etype: &str,
+    eid: Eid,
+    attr: &str,
+    v: Bson,
+    t: Option<(DateTime<Utc>, DateTime<Utc>)>,
+) -> DataPoint {
     DataPoint {
         etype: etype.into(),
         eid,
@@ -239,7 +243,13 @@ impl TaskSubmitter for Recorder {
 }
 
 /// Write an entity directly (for jobs that do not go through the pipeline).
-fn put_entity(store: &dyn Store, etype: &str, eid: Eid, now: DateTime<Utc>, f: impl FnOnce(&mut EntityWrite)) {
+fn put_entity(
+    store: &dyn Store,
+    etype: &str,
+    eid: Eid,
+    now: DateTime<Utc>,
+    f: impl FnOnce(&mut EntityWrite),
+) {
     let mut w = EntityWrite::new(etype, eid.clone());
     w.create = Some(Creation {
         hash: eid.hash(etype),
@@ -255,7 +265,12 @@ fn put_entity(store: &dyn Store, etype: &str, eid: Eid, now: DateTime<Utc>, f: i
 }
 
 fn item(t1: DateTime<Utc>, t2: DateTime<Utc>, v: Bson, c: f64) -> HistoryItem {
-    HistoryItem { t1, t2, v, c: Some(c) }
+    HistoryItem {
+        t1,
+        t2,
+        v,
+        c: Some(c),
+    }
 }
 
 fn history(doc: &Document, attr: &str) -> Vec<(DateTime<Utc>, DateTime<Utc>, Bson, Option<f64>)> {
@@ -285,12 +300,26 @@ fn ttl_expiry_deletes_entities_and_removes_dangling_links() {
     let t0 = env.t0;
     // h1: base token t0+1h, data token t0+2h (port max_age, mirrored)
     // h2: base t0+1h, data t0+2h (name ttl) and a custom token t0+5h
-    let mut h2 = task("host", s("h2"), vec![dp("host", s("h2"), "name", Bson::String("two".into()), None)]);
+    let mut h2 = task(
+        "host",
+        s("h2"),
+        vec![dp(
+            "host",
+            s("h2"),
+            "name",
+            Bson::String("two".into()),
+            None,
+        )],
+    );
     h2.ttl_tokens = Some([("custom".to_string(), env.at(300))].into_iter().collect());
     submit(
         &p,
         vec![
-            task("host", s("h1"), vec![dp("host", s("h1"), "port", Bson::Int32(22), Some((t0, t0)))]),
+            task(
+                "host",
+                s("h1"),
+                vec![dp("host", s("h1"), "port", Bson::Int32(22), Some((t0, t0)))],
+            ),
             h2,
             task(
                 "owner",
@@ -322,7 +351,10 @@ fn ttl_expiry_deletes_entities_and_removes_dangling_links() {
 
     // the owner's links to h1 are gone, the one to h2 stays
     let o1 = env.master("owner", s("o1")).unwrap();
-    assert!(o1.get("main_host").is_none(), "plain link to a deleted entity is unset");
+    assert!(
+        o1.get("main_host").is_none(),
+        "plain link to a deleted entity is unset"
+    );
     let hosts = history(&o1, "hosts");
     assert_eq!(hosts.len(), 1);
     assert_eq!(hosts[0].2, link("h2"));
@@ -342,7 +374,10 @@ fn ttl_expiry_deletes_entities_and_removes_dangling_links() {
         })
         .unwrap();
     assert_eq!(runs.len(), 3);
-    assert!(runs.iter().all(|r| r.get_str("entity").ok() == Some("host") && r.contains_key("ttl_collect_end")));
+    assert!(
+        runs.iter()
+            .all(|r| r.get_str("entity").ok() == Some("host") && r.contains_key("ttl_collect_end"))
+    );
     p.shutdown(Duration::from_secs(10));
 }
 
@@ -351,7 +386,13 @@ fn weak_entities_disappear_when_unreferenced() {
     let env = env();
     let p = env.pipeline();
     let t0 = env.t0;
-    let label = |e: &str| task("tag", s(e), vec![dp("tag", s(e), "label", Bson::String(e.into()), None)]);
+    let label = |e: &str| {
+        task(
+            "tag",
+            s(e),
+            vec![dp("tag", s(e), "label", Bson::String(e.into()), None)],
+        )
+    };
     submit(
         &p,
         vec![
@@ -390,7 +431,14 @@ fn weak_entities_disappear_when_unreferenced() {
     assert_eq!(tags(&env), BTreeSet::from(["t1".into()]));
 
     // the plain link moves elsewhere: t1 goes at the next run
-    submit(&p, vec![task("owner", s("o"), vec![dp("owner", s("o"), "tag", link("t9"), None)])]);
+    submit(
+        &p,
+        vec![task(
+            "owner",
+            s("o"),
+            vec![dp("owner", s("o"), "tag", link("t9"), None)],
+        )],
+    );
     gc.collect_all().unwrap();
     assert!(p.wait_idle(Duration::from_secs(20)));
     assert!(tags(&env).is_empty());
@@ -406,21 +454,33 @@ fn aggregation_merges_trims_and_is_idempotent() {
     let m = |x: i64| env.at(x);
     put_entity(&*env.store, "sensor", Eid::Int(1), t0, |w| {
         // arrival order; pre = post = 5 min (data-model.md §6.2 worked example)
-        for (t1, t2, v, c) in [(10, 12, 1, 0.5), (0, 1, 1, 1.0), (30, 31, 1, 0.9), (32, 33, 2, 1.0)] {
-            w.history.push(("reading".into(), item(m(t1), m(t2), Bson::Int32(v), c)));
+        for (t1, t2, v, c) in [
+            (10, 12, 1, 0.5),
+            (0, 1, 1, 1.0),
+            (30, 31, 1, 0.9),
+            (32, 33, 2, 1.0),
+        ] {
+            w.history
+                .push(("reading".into(), item(m(t1), m(t2), Bson::Int32(v), c)));
         }
         // max_items 3, no aggregation: the 3 newest by t2 stay
         for i in 0..5 {
-            w.history.push(("level".into(), item(m(i), m(i), Bson::Int32(7), 1.0)));
+            w.history
+                .push(("level".into(), item(m(i), m(i), Bson::Int32(7), 1.0)));
         }
         // expire_time deletes nothing
-        w.history.push(("state".into(), item(m(0), m(0), Bson::String("up".into()), 1.0)));
+        w.history.push((
+            "state".into(),
+            item(m(0), m(0), Bson::String("up".into()), 1.0),
+        ));
     });
     // all TTL tokens expired: skipped by aggregation
     put_entity(&*env.store, "sensor", Eid::Int(2), t0, |w| {
         w.ttl.push(("base".into(), m(1)));
-        w.history.push(("reading".into(), item(m(0), m(1), Bson::Int32(1), 1.0)));
-        w.history.push(("reading".into(), item(m(1), m(2), Bson::Int32(1), 1.0)));
+        w.history
+            .push(("reading".into(), item(m(0), m(1), Bson::Int32(1), 1.0)));
+        w.history
+            .push(("reading".into(), item(m(1), m(2), Bson::Int32(1), 1.0)));
     });
     env.clock.set(m(180));
     let hm = env.history();
@@ -439,12 +499,21 @@ fn aggregation_merges_trims_and_is_idempotent() {
     let levels: Vec<DateTime<Utc>> = history(&s1, "level").into_iter().map(|h| h.1).collect();
     assert_eq!(levels, vec![m(2), m(3), m(4)]);
     assert_eq!(history(&s1, "state").len(), 1);
-    assert_eq!(history(&env.master("sensor", Eid::Int(2)).unwrap(), "reading").len(), 2);
+    assert_eq!(
+        history(&env.master("sensor", Eid::Int(2)).unwrap(), "reading").len(),
+        2
+    );
 
     // a second run changes nothing (no rewrite, revision unchanged)
     let rev = s1.get("#revision").cloned();
     assert_eq!(hm.aggregate_all().unwrap().updated, 0);
-    assert_eq!(env.master("sensor", Eid::Int(1)).unwrap().get("#revision").cloned(), rev);
+    assert_eq!(
+        env.master("sensor", Eid::Int(1))
+            .unwrap()
+            .get("#revision")
+            .cloned(),
+        rev
+    );
 
     let runs = env
         .store
@@ -456,7 +525,13 @@ fn aggregation_merges_trims_and_is_idempotent() {
         .unwrap();
     assert_eq!(runs.len(), 2);
     assert!(runs[1].contains_key("aggregation_end"));
-    assert_eq!(runs[1].get("updated").and_then(Bson::as_i64).or(runs[1].get_i32("updated").ok().map(i64::from)), Some(1));
+    assert_eq!(
+        runs[1]
+            .get("updated")
+            .and_then(Bson::as_i64)
+            .or(runs[1].get_i32("updated").ok().map(i64::from)),
+        Some(1)
+    );
 }
 
 #[test]
@@ -464,8 +539,14 @@ fn max_age_cleanup_trims_observations_and_timeseries() {
     let env = env();
     let m = |x: i64| env.at(x);
     put_entity(&*env.store, "sensor", Eid::Int(1), env.t0, |w| {
-        w.history.push(("state".into(), item(m(0), m(10), Bson::String("a".into()), 1.0)));
-        w.history.push(("state".into(), item(m(0), m(2000), Bson::String("b".into()), 1.0)));
+        w.history.push((
+            "state".into(),
+            item(m(0), m(10), Bson::String("a".into()), 1.0),
+        ));
+        w.history.push((
+            "state".into(),
+            item(m(0), m(2000), Bson::String("b".into()), 1.0),
+        ));
         for i in [0, 50, 100] {
             w.history.push((
                 "samples".into(),
@@ -479,7 +560,8 @@ fn max_age_cleanup_trims_observations_and_timeseries() {
         }
     });
     put_entity(&*env.store, "host", s("h"), env.t0, |w| {
-        w.history.push(("port".into(), item(m(0), m(0), Bson::Int32(80), 1.0)));
+        w.history
+            .push(("port".into(), item(m(0), m(0), Bson::Int32(80), 1.0)));
     });
     // state max_age 1d, samples 1h, host.port 2h
     env.clock.set(m(24 * 60 + 11));
@@ -488,7 +570,13 @@ fn max_age_cleanup_trims_observations_and_timeseries() {
     let s1 = env.master("sensor", Eid::Int(1)).unwrap();
     let states: Vec<Bson> = history(&s1, "state").into_iter().map(|h| h.2).collect();
     assert_eq!(states, vec![Bson::String("b".into())]);
-    assert_eq!(s1.get_document("#min_t2s").unwrap().get("state").and_then(as_time), Some(m(2000)));
+    assert_eq!(
+        s1.get_document("#min_t2s")
+            .unwrap()
+            .get("state")
+            .and_then(as_time),
+        Some(m(2000))
+    );
     assert!(s1.get("samples").is_none(), "all samples are older than 1h");
     assert!(!s1.get_document("#min_t2s").unwrap().contains_key("samples"));
     assert!(env.master("host", s("h")).unwrap().get("port").is_none());
@@ -498,10 +586,17 @@ fn max_age_cleanup_trims_observations_and_timeseries() {
 fn snapshot_retention_deletes_old_snapshots() {
     let env = env();
     let sn = |t| (Eid::Int(1), doc! {"eid": 1, "_time_created": time(t)});
-    env.store.save_snapshots("sensor", &[sn(env.at(0))], env.at(0)).unwrap();
-    env.store.save_snapshots("sensor", &[sn(env.at(60))], env.at(60)).unwrap();
+    env.store
+        .save_snapshots("sensor", &[sn(env.at(0))], env.at(0))
+        .unwrap();
+    env.store
+        .save_snapshots("sensor", &[sn(env.at(60))], env.at(60))
+        .unwrap();
     env.clock.set(env.at(90));
-    let deleted = env.history().clean_old_snapshots(TimeDelta::minutes(45)).unwrap();
+    let deleted = env
+        .history()
+        .clean_old_snapshots(TimeDelta::minutes(45))
+        .unwrap();
     assert_eq!(deleted, 1);
     let left = env
         .store
@@ -528,16 +623,40 @@ fn raw(etype: &str, eid: Eid, attr: &str, v: Bson, t: Option<DateTime<Utc>>) -> 
 #[test]
 fn archive_files_contain_exactly_the_archived_datapoints() {
     let env = env_with(true);
-    let archive_dir = env.cfg.history_manager.datapoint_archivation.archive_dir.clone().unwrap();
+    let archive_dir = env
+        .cfg
+        .history_manager
+        .datapoint_archivation
+        .archive_dir
+        .clone()
+        .unwrap();
     let nic = Eid::Mac(MacAddr([0xaa, 0xbb, 0xcc, 0, 0, 1]));
     let old1 = env.at(-3 * 24 * 60);
     let old2 = env.at(-2 * 24 * 60 - 30);
     let fresh = env.at(-60);
     let dps = vec![
-        raw("nic", nic.clone(), "addr", ipv4("10.0.0.1".parse().unwrap()), Some(old1)),
+        raw(
+            "nic",
+            nic.clone(),
+            "addr",
+            ipv4("10.0.0.1".parse().unwrap()),
+            Some(old1),
+        ),
         raw("sensor", Eid::Int(7), "reading", Bson::Int32(5), Some(old2)),
-        raw("sensor", Eid::Int(7), "label", Bson::String("plain".into()), None),
-        raw("sensor", Eid::Int(7), "reading", Bson::Int32(6), Some(fresh)),
+        raw(
+            "sensor",
+            Eid::Int(7),
+            "label",
+            Bson::String("plain".into()),
+            None,
+        ),
+        raw(
+            "sensor",
+            Eid::Int(7),
+            "reading",
+            Bson::Int32(6),
+            Some(fresh),
+        ),
     ];
     env.store
         .apply(&WriteBatch {
@@ -557,7 +676,11 @@ fn archive_files_contain_exactly_the_archived_datapoints() {
     let file = stats.file.expect("an archive file");
     assert_eq!(
         file.file_name().unwrap().to_str().unwrap(),
-        format!("dp-log-{}--{}.jsonl.gz", old1.format("%Y%m%dT%H%M%S"), old2.format("%Y%m%dT%H%M%S"))
+        format!(
+            "dp-log-{}--{}.jsonl.gz",
+            old1.format("%Y%m%dT%H%M%S"),
+            old2.format("%Y%m%dT%H%M%S")
+        )
     );
     let lines = read_archive(&file).unwrap();
     let expected: Vec<serde_json::Value> = dps[..3]
@@ -577,7 +700,12 @@ fn archive_files_contain_exactly_the_archived_datapoints() {
     // only the fresh datapoint is left in the raw log
     let left = env.store.raw_get("sensor", &Default::default()).unwrap();
     assert_eq!(left.len(), 1);
-    assert!(env.store.raw_get("nic", &Default::default()).unwrap().is_empty());
+    assert!(
+        env.store
+            .raw_get("nic", &Default::default())
+            .unwrap()
+            .is_empty()
+    );
 
     // a run with nothing to archive writes no file; without archive_dir data is just deleted
     assert_eq!(archiver.run().unwrap().file, None);
@@ -587,7 +715,12 @@ fn archive_files_contain_exactly_the_archived_datapoints() {
         ..archiver
     };
     assert_eq!(deleting.run().unwrap().archived, 1);
-    assert!(env.store.raw_get("sensor", &Default::default()).unwrap().is_empty());
+    assert!(
+        env.store
+            .raw_get("sensor", &Default::default())
+            .unwrap()
+            .is_empty()
+    );
     let files: Vec<_> = std::fs::read_dir(&archive_dir).unwrap().collect();
     assert_eq!(files.len(), 1);
 }
@@ -631,13 +764,36 @@ impl UpdaterHooks for Hooks {
         t
     }
 
-    fn run_periodic(&self, thread: &UpdateThreadKey, eid: &Eid, master: Option<&Document>) -> Vec<DataPointTask> {
-        self.visits.lock().push((thread.clone(), eid.clone(), master.is_some()));
-        vec![task("sensor", eid.clone(), vec![dp("sensor", eid.clone(), "label", Bson::String("seen".into()), None)])]
+    fn run_periodic(
+        &self,
+        thread: &UpdateThreadKey,
+        eid: &Eid,
+        master: Option<&Document>,
+    ) -> Vec<DataPointTask> {
+        self.visits
+            .lock()
+            .push((thread.clone(), eid.clone(), master.is_some()));
+        vec![task(
+            "sensor",
+            eid.clone(),
+            vec![dp(
+                "sensor",
+                eid.clone(),
+                "label",
+                Bson::String("seen".into()),
+                None,
+            )],
+        )]
     }
 }
 
-fn updater(env: &Env, hooks: Arc<Hooks>, out: Arc<Recorder>, batch_minutes: i64, cache: usize) -> Updater {
+fn updater(
+    env: &Env,
+    hooks: Arc<Hooks>,
+    out: Arc<Recorder>,
+    batch_minutes: i64,
+    cache: usize,
+) -> Updater {
     Updater::start(UpdaterDeps {
         model: env.model.clone(),
         store: env.store.clone(),
@@ -657,7 +813,8 @@ fn updater_visits_each_entity_once_per_sweep_and_resumes_after_restart() {
     let n = 40;
     for i in 0..n {
         put_entity(&*env.store, "sensor", Eid::Int(i), env.t0, |w| {
-            w.plain.push(("label".into(), Bson::String("x".into()), env.t0));
+            w.plain
+                .push(("label".into(), Bson::String("x".into()), env.t0));
         });
     }
     let hooks = Arc::new(Hooks {
@@ -674,7 +831,11 @@ fn updater_visits_each_entity_once_per_sweep_and_resumes_after_restart() {
     drop(u);
     // restart: the record thread resumes at iteration 2; the eid thread starts a new sweep
     let u = updater(&env, hooks.clone(), out.clone(), 15, 32);
-    let state = u.states().into_iter().find(|s| s.key == record_key()).unwrap();
+    let state = u
+        .states()
+        .into_iter()
+        .find(|s| s.key == record_key())
+        .unwrap();
     assert_eq!((state.iteration, state.total_iterations), (2, 4));
     for _ in 0..2 {
         env.clock.advance(TimeDelta::minutes(15));
@@ -705,15 +866,26 @@ fn updater_visits_each_entity_once_per_sweep_and_resumes_after_restart() {
     // eid thread: 2 sweeps of 2 iterations each, every entity twice
     let eid_visits = visits.iter().filter(|v| v.0 == eid_key()).count();
     assert_eq!(eid_visits, 2 * n as usize);
-    assert_eq!(out.0.lock().len(), visits.len(), "one output task per visit submitted");
+    assert_eq!(
+        out.0.lock().len(),
+        visits.len(),
+        "one output task per visit submitted"
+    );
 
     // the finished sweep is saved; a new one started
     let saved = env.store.list_meta("updater/sensor/3600s/record/").unwrap();
     assert_eq!(saved.len(), 1);
     assert_eq!(saved[0].1.get_bool("finished").ok(), Some(true));
     assert_eq!(saved[0].1.get_array("hook_ids").unwrap().len(), 2);
-    let state = u.states().into_iter().find(|s| s.key == record_key()).unwrap();
-    assert_eq!((state.iteration, state.finished, state.processed), (0, false, 0));
+    let state = u
+        .states()
+        .into_iter()
+        .find(|s| s.key == record_key())
+        .unwrap();
+    assert_eq!(
+        (state.iteration, state.finished, state.processed),
+        (0, false, 0)
+    );
 }
 
 #[test]
@@ -743,7 +915,10 @@ fn updater_restarts_sweep_when_iterations_change_and_prunes_cache() {
     assert_eq!(u.manage_cache().unwrap(), 3);
     let left = env.store.list_meta("updater/").unwrap();
     assert_eq!(left.len(), 2);
-    assert!(left.iter().all(|(_, d)| d.get_bool("finished").ok() == Some(true)));
+    assert!(
+        left.iter()
+            .all(|(_, d)| d.get_bool("finished").ok() == Some(true))
+    );
 
     // hooks unregistered: the running sweep is finished
     let gone = Arc::new(Hooks {
@@ -755,7 +930,12 @@ fn updater_restarts_sweep_when_iterations_change_and_prunes_cache() {
         fn threads(&self) -> Vec<UpdateThread> {
             Vec::new()
         }
-        fn run_periodic(&self, k: &UpdateThreadKey, e: &Eid, m: Option<&Document>) -> Vec<DataPointTask> {
+        fn run_periodic(
+            &self,
+            k: &UpdateThreadKey,
+            e: &Eid,
+            m: Option<&Document>,
+        ) -> Vec<DataPointTask> {
             self.0.run_periodic(k, e, m)
         }
     }
@@ -790,7 +970,17 @@ fn source_times_are_max_merged_into_the_store() {
     let env = env();
     let tel = SourceTelemetry::new();
     let t = env.t0;
-    tel.observe(&task("sensor", Eid::Int(1), vec![raw("sensor", Eid::Int(1), "reading", Bson::Int32(1), Some(t))]));
+    tel.observe(&task(
+        "sensor",
+        Eid::Int(1),
+        vec![raw(
+            "sensor",
+            Eid::Int(1),
+            "reading",
+            Bson::Int32(1),
+            Some(t),
+        )],
+    ));
     assert_eq!(tel.sync(&*env.store).unwrap(), 1);
     let stored = |env: &Env| {
         env.store
@@ -800,10 +990,30 @@ fn source_times_are_max_merged_into_the_store() {
     };
     assert_eq!(stored(&env), Some(t));
     // an older time never lowers the stored one
-    tel.observe(&task("sensor", Eid::Int(1), vec![raw("sensor", Eid::Int(1), "reading", Bson::Int32(1), Some(t - TimeDelta::hours(1)))]));
+    tel.observe(&task(
+        "sensor",
+        Eid::Int(1),
+        vec![raw(
+            "sensor",
+            Eid::Int(1),
+            "reading",
+            Bson::Int32(1),
+            Some(t - TimeDelta::hours(1)),
+        )],
+    ));
     tel.sync(&*env.store).unwrap();
     assert_eq!(stored(&env), Some(t));
-    tel.observe(&task("sensor", Eid::Int(1), vec![raw("sensor", Eid::Int(1), "reading", Bson::Int32(1), Some(t + TimeDelta::hours(1)))]));
+    tel.observe(&task(
+        "sensor",
+        Eid::Int(1),
+        vec![raw(
+            "sensor",
+            Eid::Int(1),
+            "reading",
+            Bson::Int32(1),
+            Some(t + TimeDelta::hours(1)),
+        )],
+    ));
     tel.sync(&*env.store).unwrap();
     assert_eq!(stored(&env), Some(t + TimeDelta::hours(1)));
     assert_eq!(tel.sync(&*env.store).unwrap(), 0);
@@ -836,13 +1046,32 @@ fn register_jobs_schedules_every_job_from_the_configuration() {
         "updater.batch",
         "updater.cache_management",
         "telemetry.sources_sync",
+        "telemetry.attribute_bson_sizes",
     ] {
         assert!(names.contains(expected), "{expected} registered");
     }
-    assert_eq!(names.len(), 9);
-    assert!(env.cfg.history_manager.datapoint_archivation.archive_dir.as_ref().unwrap().is_dir());
+    assert_eq!(names.len(), 10);
+    assert!(
+        env.cfg
+            .history_manager
+            .datapoint_archivation
+            .archive_dir
+            .as_ref()
+            .unwrap()
+            .is_dir()
+    );
     // the telemetry sync fires on its schedule (every 30 s)
-    bg.telemetry.observe(&task("sensor", Eid::Int(1), vec![raw("sensor", Eid::Int(1), "reading", Bson::Int32(1), Some(env.t0))]));
+    bg.telemetry.observe(&task(
+        "sensor",
+        Eid::Int(1),
+        vec![raw(
+            "sensor",
+            Eid::Int(1),
+            "reading",
+            Bson::Int32(1),
+            Some(env.t0),
+        )],
+    ));
     let next = scheduler
         .jobs()
         .into_iter()
@@ -855,4 +1084,42 @@ fn register_jobs_schedules_every_job_from_the_configuration() {
     bg.stop();
     scheduler.stop(Duration::from_secs(10));
     assert!(env.store.get_meta("telemetry/src/arch").unwrap().is_some());
+}
+
+#[test]
+fn attribute_size_sweep_fills_the_telemetry_cache() {
+    let env = env();
+    for i in 0..3 {
+        put_entity(&*env.store, "sensor", Eid::Int(i), env.t0, |w| {
+            w.plain
+                .push(("label".into(), Bson::String("x".repeat(i as usize)), env.t0));
+        });
+    }
+    let n = dp3::background::telemetry::sweep_attribute_sizes(&env.model, &*env.store, &env.clock)
+        .unwrap();
+    assert_eq!(n, env.model.entities.len());
+    let d = env
+        .store
+        .get_meta("telemetry/attribute_bson_sizes/sensor")
+        .unwrap()
+        .unwrap();
+    let label = d
+        .get_document("attributes")
+        .unwrap()
+        .get_document("label")
+        .unwrap();
+    let int = |k: &str| label.get(k).and_then(dp3_model::value::as_int).unwrap();
+    assert_eq!(int("count"), 3);
+    assert_eq!(
+        int("max") - int("min"),
+        2,
+        "sizes differ by the string lengths"
+    );
+    assert!(d.get("calculated_at").and_then(as_time).is_some());
+    assert!(
+        !d.get_document("attributes")
+            .unwrap()
+            .contains_key("reading"),
+        "absent attributes are left out"
+    );
 }

@@ -221,7 +221,10 @@ impl Archiver {
                 stats.archived += self.store.archive_raw(etype, t_old, &mut |_| Ok(()))?;
             }
             if stats.archived > 0 {
-                info!(deleted = stats.archived, "old raw datapoints deleted (no archive_dir)");
+                info!(
+                    deleted = stats.archived,
+                    "old raw datapoints deleted (no archive_dir)"
+                );
             }
             return Ok(stats);
         };
@@ -289,8 +292,7 @@ fn finish_partial(dir: &Path, p: PartialFile, now: DateTime<Utc>) -> Result<Path
 /// Give partial files of interrupted runs their final names, re-writing only their
 /// readable lines (a crash may have cut the last gzip member).
 fn recover_partials(dir: &Path, now: DateTime<Utc>) -> Result<Vec<PathBuf>> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| BackgroundError::io("cannot list", dir, e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| BackgroundError::io("cannot list", dir, e))?;
     let mut recovered = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -302,7 +304,8 @@ fn recover_partials(dir: &Path, now: DateTime<Utc>) -> Result<Vec<PathBuf>> {
         let mut range = T1Range::default();
         let mut lines = 0u64;
         {
-            let out = File::create(&tmp).map_err(|e| BackgroundError::io("cannot create", &tmp, e))?;
+            let out =
+                File::create(&tmp).map_err(|e| BackgroundError::io("cannot create", &tmp, e))?;
             let mut enc = GzEncoder::new(BufWriter::new(out), Compression::default());
             let mut write_err = None;
             read_lines(&path, |v| {
@@ -321,8 +324,11 @@ fn recover_partials(dir: &Path, now: DateTime<Utc>) -> Result<Vec<PathBuf>> {
             if let Some(e) = write_err {
                 return Err(BackgroundError::io("cannot write", &tmp, e));
             }
-            let mut w = enc.finish().map_err(|e| BackgroundError::io("cannot write", &tmp, e))?;
-            w.flush().map_err(|e| BackgroundError::io("cannot write", &tmp, e))?;
+            let mut w = enc
+                .finish()
+                .map_err(|e| BackgroundError::io("cannot write", &tmp, e))?;
+            w.flush()
+                .map_err(|e| BackgroundError::io("cannot write", &tmp, e))?;
             if let Ok(f) = w.into_inner() {
                 let _ = f.sync_all();
             }
@@ -333,7 +339,8 @@ fn recover_partials(dir: &Path, now: DateTime<Utc>) -> Result<Vec<PathBuf>> {
             continue;
         }
         let target = free_name(dir, &range.file_name(now));
-        std::fs::rename(&tmp, &target).map_err(|e| BackgroundError::io("cannot rename", &tmp, e))?;
+        std::fs::rename(&tmp, &target)
+            .map_err(|e| BackgroundError::io("cannot rename", &tmp, e))?;
         std::fs::remove_file(&path).map_err(|e| BackgroundError::io("cannot remove", &path, e))?;
         sync_dir(dir);
         warn!(file = %target.display(), datapoints = lines, "recovered the archive of an interrupted run");
@@ -347,7 +354,7 @@ mod tests {
     use super::*;
     use bson::{Bson, doc};
     use chrono::TimeZone;
-    use dp3_model::value::{ipv4, mac, time, MacAddr};
+    use dp3_model::value::{MacAddr, ipv4, mac, time};
 
     #[test]
     fn lines_have_dp3_keys_in_order_with_zoned_times_and_address_strings() {
@@ -373,7 +380,9 @@ mod tests {
     fn partial_members_concatenate_and_truncation_is_recovered() {
         let dir = tempfile::tempdir().unwrap();
         let t = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
-        let path = dir.path().join(format!("{PARTIAL_PREFIX}x{PARTIAL_SUFFIX}"));
+        let path = dir
+            .path()
+            .join(format!("{PARTIAL_PREFIX}x{PARTIAL_SUFFIX}"));
         let mut p = PartialFile::create(path.clone()).unwrap();
         let d = |i: i32, m: i64| doc! {"etype": "A", "eid": i, "attr": "o", "src": "s", "v": i, "c": 1.0, "t1": time(t + TimeDelta::minutes(m)), "t2": time(t + TimeDelta::minutes(m))};
         p.append(&[d(1, 5), d(2, 1)]).unwrap();

@@ -113,7 +113,10 @@ impl GarbageCollector {
             entities,
             deleted: expired.len() as u64,
         };
-        let tasks = expired.into_iter().map(|eid| delete_task(etype, eid)).collect();
+        let tasks = expired
+            .into_iter()
+            .map(|eid| delete_task(etype, eid))
+            .collect();
         submit_all(&*self.submitter, tasks, &self.stop)?;
         run.update(
             self.clock.now(),
@@ -121,7 +124,11 @@ impl GarbageCollector {
             doc! {},
         );
         if stats.deleted > 0 {
-            info!(etype, deleted = stats.deleted, "TTL collection: expired entities deleted");
+            info!(
+                etype,
+                deleted = stats.deleted,
+                "TTL collection: expired entities deleted"
+            );
         }
         Ok(stats)
     }
@@ -135,7 +142,11 @@ impl GarbageCollector {
             unique_run_time(now),
             doc! {"entity": etype, "weak_collect_start": bson_time(now), "entities": 0_i64, "deleted": 0_i64},
         );
-        let referenced: HashSet<Eid> = self.store.referenced_eids(etype, now)?.into_iter().collect();
+        let referenced: HashSet<Eid> = self
+            .store
+            .referenced_eids(etype, now)?
+            .into_iter()
+            .collect();
         let mut stats = GcStats::default();
         let mut after = None;
         loop {
@@ -175,7 +186,11 @@ impl GarbageCollector {
             doc! {},
         );
         if stats.deleted > 0 {
-            info!(etype, deleted = stats.deleted, "weak entities without references deleted");
+            info!(
+                etype,
+                deleted = stats.deleted,
+                "weak entities without references deleted"
+            );
         }
         Ok(stats)
     }

@@ -87,9 +87,7 @@ pub fn parse_history(record: &Document, attr: &str) -> Result<Vec<AggregatedItem
 /// Whether every TTL token of the record has expired (`#ttl` present, all `< now`).
 pub fn ttl_expired(record: &Document, now: DateTime<Utc>) -> bool {
     match record.get("#ttl") {
-        Some(Bson::Document(ttl)) => ttl
-            .values()
-            .all(|v| as_time(v).is_some_and(|t| t < now)),
+        Some(Bson::Document(ttl)) => ttl.values().all(|v| as_time(v).is_some_and(|t| t < now)),
         _ => false,
     }
 }
@@ -100,9 +98,9 @@ fn pass_attrs(et: &EntityType) -> Vec<String> {
     et.attribs
         .values()
         .filter(|a| match &a.kind {
-            AttrKind::Observations { history_params: h, .. } => {
-                h.aggregate || h.max_items.is_some()
-            }
+            AttrKind::Observations {
+                history_params: h, ..
+            } => h.aggregate || h.max_items.is_some(),
             _ => false,
         })
         .map(|a| a.id.clone())
@@ -152,7 +150,11 @@ impl HistoryManager {
             doc! {},
         );
         if total.updated > 0 {
-            info!(entities = total.entities, updated = total.updated, "histories aggregated");
+            info!(
+                entities = total.entities,
+                updated = total.updated,
+                "histories aggregated"
+            );
         }
         result.map(|()| total)
     }
@@ -229,7 +231,10 @@ impl HistoryManager {
                 return Ok(());
             }
             let revision = record.get("#revision").and_then(as_int).unwrap_or(0);
-            if self.store.replace_histories(etype, eid, revision, &changes)? {
+            if self
+                .store
+                .replace_histories(etype, eid, revision, &changes)?
+            {
                 stats.updated += 1;
                 return Ok(());
             }
@@ -258,7 +263,9 @@ impl HistoryManager {
                 let Some(max_age) = attr.max_age().filter(|a| *a > TimeDelta::zero()) else {
                     continue;
                 };
-                let n = self.store.delete_old_history(etype, &attr.id, now - max_age)?;
+                let n = self
+                    .store
+                    .delete_old_history(etype, &attr.id, now - max_age)?;
                 if n > 0 {
                     debug!(etype, attr = %attr.id, records = n, "old datapoints deleted");
                 }
@@ -295,7 +302,9 @@ fn new_histories(
 ) -> Result<Vec<(String, Vec<HistoryItem>)>> {
     let mut changes = Vec::new();
     for attr in attrs {
-        let Some(spec) = et.attribs.get(attr) else { continue };
+        let Some(spec) = et.attribs.get(attr) else {
+            continue;
+        };
         let AttrKind::Observations {
             multi_value,
             history_params: h,

@@ -85,6 +85,7 @@ fn job<T>(name: &str, f: impl Fn() -> Result<T> + Send + Sync + 'static) -> JobF
 /// | `updater.batch` | `updater.update_batch_cron` |
 /// | `updater.cache_management` | `updater.cache_management_cron` |
 /// | `telemetry.sources_sync` | every 30 s |
+/// | `telemetry.attribute_bson_sizes` | `telemetry.attribute_bson_size_schedule` |
 ///
 /// Fails when a schedule is invalid, the archive directory cannot be created, or the
 /// updater state cannot be loaded.
@@ -121,6 +122,10 @@ pub fn register_jobs(
     let s_cache = schedule(
         "updater.cache_management",
         &cfg.updater.cache_management_cron,
+    )?;
+    let s_sizes = schedule(
+        "telemetry.attribute_bson_sizes",
+        &cfg.telemetry.attribute_bson_size_schedule,
     )?;
     let s_sync = CronSchedule::parse(&CronFields {
         second: Some("*/30".into()),
@@ -245,6 +250,19 @@ pub fn register_jobs(
             "telemetry.sources_sync".into(),
             s_sync,
             job("telemetry.sources_sync", move || t.sync(&*store)),
+        );
+    }
+
+    {
+        let store = deps.store.clone();
+        let m = model.clone();
+        let clock = history.clock.clone();
+        add(
+            "telemetry.attribute_bson_sizes".into(),
+            s_sizes,
+            job("telemetry.attribute_bson_sizes", move || {
+                super::telemetry::sweep_attribute_sizes(&m, &*store, &*clock)
+            }),
         );
     }
 

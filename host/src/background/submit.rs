@@ -101,7 +101,9 @@ mod tests {
             let mut b = self.busy.lock();
             if *b > 0 {
                 *b -= 1;
-                return Err(SubmitError::Overloaded { retry_after_secs: 0 });
+                return Err(SubmitError::Overloaded {
+                    retry_after_secs: 0,
+                });
             }
             self.got.lock().push(tasks.len());
             let (tx, rx) = oneshot::channel();

@@ -89,6 +89,106 @@ fn merge_one(store: &dyn Store, src: &str, t: DateTime<Utc>) -> Result<()> {
     Ok(())
 }
 
+/// Metadata key prefix of the attribute size statistics (shared with the API,
+/// `api::telemetry::BSON_SIZES_PREFIX`).
+pub const BSON_SIZES_PREFIX: &str = "telemetry/attribute_bson_sizes/";
+
+/// Size statistics of one attribute over the master records of a type.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SizeStats {
+    pub count: u64,
+    pub min: u64,
+    pub max: u64,
+    pub total: u64,
+}
+
+impl SizeStats {
+    fn add(&mut self, size: u64) {
+        self.min = if self.count == 0 {
+            size
+        } else {
+            self.min.min(size)
+        };
+        self.max = self.max.max(size);
+        self.total += size;
+        self.count += 1;
+    }
+
+    fn to_document(self) -> bson::Document {
+        let mean = if self.count > 0 {
+            self.total as f64 / self.count as f64
+        } else {
+            0.0
+        };
+        doc! {
+            "count": super::runmeta::count(self.count),
+            "min": super::runmeta::count(self.min),
+            "mean": mean,
+            "max": super::runmeta::count(self.max),
+            "total": super::runmeta::count(self.total),
+        }
+    }
+}
+
+/// DP3's telemetry BSON-size sweep (`telemetry.attribute_bson_size_schedule`): per entity
+/// type, the stored size of every configured attribute present in master records, written to
+/// `telemetry/attribute_bson_sizes/<etype>` as `{calculated_at, duration_s, attributes:
+/// {attr: {count, min, mean, max, total}}}`. The size of an attribute is the encoded size
+/// of the one-field document `{<attr>: <stored value>}` (plain `{v, ts_last_update}`,
+/// history arrays as stored). Returns the number of entity types written.
+pub fn sweep_attribute_sizes(
+    model: &dp3_model::ModelSpec,
+    store: &dyn Store,
+    clock: &dyn crate::clock::Clock,
+) -> Result<usize> {
+    for (etype, et) in &model.entities {
+        let started = std::time::Instant::now();
+        let mut stats: Vec<SizeStats> = vec![SizeStats::default(); et.attribs.len()];
+        let mut after = None;
+        loop {
+            let page = store.scan_master(
+                etype,
+                &dp3_store::MasterScan {
+                    after: after.clone(),
+                    limit: 500,
+                    partition: None,
+                    projection: None,
+                },
+            )?;
+            for record in &page {
+                for (st, attr) in stats.iter_mut().zip(et.attribs.keys()) {
+                    if let Some(v) = record.get(attr) {
+                        let one = doc! {attr: v.clone()};
+                        if let Ok(bytes) = bson::serialize_to_vec(&one) {
+                            st.add(bytes.len() as u64);
+                        }
+                    }
+                }
+                after = record.get("_id").and_then(dp3_model::Eid::from_bson);
+            }
+            if page.len() < 500 || after.is_none() {
+                break;
+            }
+        }
+        let attributes: bson::Document = et
+            .attribs
+            .keys()
+            .zip(&stats)
+            .filter(|(_, s)| s.count > 0)
+            .map(|(a, s)| (a.clone(), bson::Bson::Document(s.to_document())))
+            .collect();
+        store.put_meta(
+            &format!("{BSON_SIZES_PREFIX}{etype}"),
+            &doc! {
+                "calculated_at": value::time(clock.now()),
+                "duration_s": started.elapsed().as_secs_f64(),
+                "attributes": attributes,
+            },
+        )?;
+    }
+    Ok(model.entities.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +207,16 @@ mod tests {
             t1,
             t2,
         }
+    }
+
+    #[test]
+    fn size_stats() {
+        let mut s = SizeStats::default();
+        for x in [10, 4, 7] {
+            s.add(x);
+        }
+        assert_eq!((s.count, s.min, s.max, s.total), (3, 4, 10, 21));
+        assert_eq!(s.to_document().get_f64("mean").unwrap(), 7.0);
     }
 
     #[test]

@@ -115,7 +115,12 @@ impl UpdaterHooks for NoUpdaterHooks {
         Vec::new()
     }
 
-    fn run_periodic(&self, _: &UpdateThreadKey, _: &Eid, _: Option<&Document>) -> Vec<DataPointTask> {
+    fn run_periodic(
+        &self,
+        _: &UpdateThreadKey,
+        _: &Eid,
+        _: Option<&Document>,
+    ) -> Vec<DataPointTask> {
         Vec::new()
     }
 }
@@ -136,7 +141,12 @@ pub struct UpdateState {
 }
 
 impl UpdateState {
-    fn fresh(key: UpdateThreadKey, hook_ids: Vec<String>, now: DateTime<Utc>, total_iterations: u64) -> Self {
+    fn fresh(
+        key: UpdateThreadKey,
+        hook_ids: Vec<String>,
+        now: DateTime<Utc>,
+        total_iterations: u64,
+    ) -> Self {
         UpdateState {
             key,
             // Stored datetimes have millisecond precision; the state key must survive a
@@ -206,7 +216,10 @@ impl UpdateState {
                 etype: d.get_str("etype").map_err(|_| bad("etype"))?.to_owned(),
                 eid_only: d.get_bool("eid_only").map_err(|_| bad("eid_only"))?,
             },
-            t_created: d.get("t_created").and_then(as_time).ok_or_else(|| bad("t_created"))?,
+            t_created: d
+                .get("t_created")
+                .and_then(as_time)
+                .ok_or_else(|| bad("t_created"))?,
             t_last_update: d.get("t_last_update").and_then(as_time),
             processed: uint("processed")?,
             total: uint("total")?,
@@ -225,7 +238,9 @@ fn truncate_ms(t: DateTime<Utc>) -> DateTime<Utc> {
 
 /// Number of batches of one sweep: `floor(P / B)`, at least 1.
 pub fn total_iterations(period_secs: u64, batch_period: TimeDelta) -> u64 {
-    let b = u64::try_from(batch_period.num_seconds()).unwrap_or(0).max(1);
+    let b = u64::try_from(batch_period.num_seconds())
+        .unwrap_or(0)
+        .max(1);
     (period_secs / b).max(1)
 }
 
@@ -310,7 +325,8 @@ impl Updater {
     }
 
     fn save(&self, state: &UpdateState) -> Result<()> {
-        self.store.put_meta(&state.store_key(), &state.to_document())?;
+        self.store
+            .put_meta(&state.store_key(), &state.to_document())?;
         Ok(())
     }
 
@@ -325,8 +341,11 @@ impl Updater {
             .collect();
         let mut states = self.states.lock();
         // Threads whose hooks are gone: finish their sweep.
-        let gone: Vec<UpdateThreadKey> =
-            states.keys().filter(|k| !threads.contains_key(*k)).cloned().collect();
+        let gone: Vec<UpdateThreadKey> = states
+            .keys()
+            .filter(|k| !threads.contains_key(*k))
+            .cloned()
+            .collect();
         for key in gone {
             if let Some(mut s) = states.remove(&key) {
                 warn!(thread = %key, "update thread has no hooks any more; its sweep is finished");
@@ -400,7 +419,8 @@ impl Updater {
             });
         }
         let started = Instant::now();
-        let (processed, tasks) = self.visit_partition(key, state.iteration, state.total_iterations)?;
+        let (processed, tasks) =
+            self.visit_partition(key, state.iteration, state.total_iterations)?;
 
         let now = self.clock.now();
         let mut states = self.states.lock();
@@ -546,7 +566,10 @@ mod tests {
         s.t_last_update = Some(t + TimeDelta::minutes(15));
         s.runtime_secs = 1.5;
         let d = s.to_document();
-        assert_eq!(d.get("t_end").and_then(as_time), Some(t + TimeDelta::hours(1)));
+        assert_eq!(
+            d.get("t_end").and_then(as_time),
+            Some(t + TimeDelta::hours(1))
+        );
         assert_eq!(UpdateState::from_document(&s.store_key(), &d).unwrap(), s);
         assert_eq!(s.store_key(), "updater/ip/3600s/eid/20250101T000000.000Z");
         assert!(UpdateState::from_document("k", &doc! {"type": "state"}).is_err());

@@ -8,7 +8,7 @@ use dp3_model::{AttrType, ModelSpec};
 use crate::names;
 
 /// Run records expire after 30 days.
-pub const METADATA_TTL_SECS: i64 = 30 * 24 * 3600;
+pub const METADATA_TTL_SECS: i32 = 30 * 24 * 3600;
 
 /// One index of a `createIndexes` command.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,7 +63,7 @@ pub fn open_bucket_index(etype: &str, bucket_size: u32) -> IndexSpec {
     index(
         &names::snapshots(etype),
         doc! {"_id": -1, "count": 1},
-        doc! {"partialFilterExpression": {"count": {"$lt": i64::from(bucket_size)}}},
+        doc! {"partialFilterExpression": {"count": {"$lt": crate::snapshots::size_bson(bucket_size)}}},
     )
 }
 
@@ -195,7 +195,7 @@ mod tests {
         let g = global_indexes();
         assert_eq!(g[0].coll, "#metadata");
         assert_eq!(
-            g[0].spec.get_i64("expireAfterSeconds").ok(),
+            g[0].spec.get_i32("expireAfterSeconds").ok(),
             Some(2_592_000)
         );
         assert_eq!(
@@ -206,7 +206,7 @@ mod tests {
         assert_eq!(
             e[0].spec,
             doc! {"key": {"_id": -1, "count": 1}, "name": "_id_-1_count_1",
-            "partialFilterExpression": {"count": {"$lt": 32i64}}}
+            "partialFilterExpression": {"count": {"$lt": 32}}}
         );
         assert_eq!(e[0].coll, "bus#snapshots");
         assert_eq!(

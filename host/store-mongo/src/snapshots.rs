@@ -46,6 +46,12 @@ pub fn stamp(snapshot: &Document, time: DateTime<Utc>) -> Document {
     d
 }
 
+/// The bucket size as DP3 writes it (an int32 when it fits), so our partial index and
+/// queries are byte-identical to DP3's.
+pub fn size_bson(bucket_size: u32) -> Bson {
+    i32::try_from(bucket_size).map_or(Bson::Int64(i64::from(bucket_size)), Bson::Int32)
+}
+
 /// DP3's bucket upsert for one entity (normal state).
 pub fn bucket_upsert(
     eid: &Eid,
@@ -54,7 +60,7 @@ pub fn bucket_upsert(
     bucket_size: u32,
 ) -> Document {
     WriteCommand::update(
-        doc! {"_id": eid_buckets(eid), "count": {"$lt": i64::from(bucket_size)}},
+        doc! {"_id": eid_buckets(eid), "count": {"$lt": size_bson(bucket_size)}},
         doc! {
             "$set": {"last": snap.clone()},
             "$push": {"history": {"$each": [snap.clone()], "$position": 0}},
@@ -503,7 +509,7 @@ mod tests {
         assert_eq!(
             s,
             doc! {
-                "q": {"_id": {"$regex": "^e1_#-?[0-9]+$"}, "count": {"$lt": 32i64}},
+                "q": {"_id": {"$regex": "^e1_#-?[0-9]+$"}, "count": {"$lt": 32}},
                 "u": {
                     "$set": {"last": snap.clone()},
                     "$push": {"history": {"$each": [snap.clone()], "$position": 0}},

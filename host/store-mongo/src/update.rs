@@ -153,11 +153,18 @@ pub fn delete_old_history_pipeline(attr: &str, older_than: Bson) -> Result<Vec<D
         "cond": {"$gte": ["$$this.t2", older_than]},
     }};
     let empty = doc! {"$eq": [{"$size": &field}, 0]};
+    let markers = doc! {"$ifNull": ["$#min_t2s", {}]};
+    let without_marker = doc! {"$arrayToObject": {"$filter": {
+        "input": {"$objectToArray": markers.clone()},
+        "cond": {"$ne": ["$$this.k", attr]},
+    }}};
+    let with_marker = doc! {"$mergeObjects": [markers, {attr: {"$min": format!("{field}.t2")}}]};
     Ok(vec![
         doc! {"$set": {attr: kept}},
-        // Dotted `$set` paths address the embedded field; `$$REMOVE` deletes it.
+        // `#min_t2s` is rebuilt as a whole (`$objectToArray`/`$arrayToObject`, MongoDB
+        // 3.4.4+) so the emptied attribute's entry is really removed.
         doc! {"$set": {
-            format!("#min_t2s.{attr}"): {"$cond": [empty.clone(), "$$REMOVE", {"$min": format!("{field}.t2")}]},
+            "#min_t2s": {"$cond": [empty.clone(), without_marker, with_marker]},
             attr: {"$cond": [empty, "$$REMOVE", &field]},
             "#revision": {"$add": [{"$ifNull": ["$#revision", 0]}, 1]},
         }},
@@ -299,9 +306,10 @@ mod tests {
         );
         let second = p[1].get_document("$set").expect("$set");
         assert!(
-            second.contains_key("#min_t2s.o") && second.contains_key("o"),
+            second.contains_key("#min_t2s") && second.contains_key("o"),
             "{second}"
         );
+        assert!(second.to_string().contains("$objectToArray"), "{second}");
         assert!(delete_old_history_pipeline("a.b", Bson::Null).is_err());
     }
 }

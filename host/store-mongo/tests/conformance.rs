@@ -50,6 +50,7 @@ fn with_fresh_stores(
         let c = fresh_config(uri, mode);
         let store = MongoStore::open(&c, None).expect("open MongoDB store");
         store.drop_database().expect("start from an empty database");
+        store.ensure_indexes(None).expect("indexes");
         made.lock().unwrap_or_else(|e| e.into_inner()).push(c);
         Box::new(store)
     };

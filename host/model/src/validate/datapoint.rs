@@ -251,8 +251,7 @@ fn raw_confidence(r: &RawValue) -> Result<f64, ValidationError> {
         )
         .with_ctx(serde_json::json!({"ge": 0.0})));
     }
-    // `!(c <= 1)` also rejects NaN.
-    if !(c <= 1.0) {
+    if c.is_nan() || c > 1.0 {
         return Err(ValidationError::new(
             "less_than_equal",
             "Input should be less than or equal to 1",

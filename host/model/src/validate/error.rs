@@ -50,10 +50,11 @@ pub struct ValidationError {
     pub kind: &'static str,
     pub loc: Vec<LocItem>,
     pub msg: String,
-    /// The offending input (for `missing`, the enclosing object).
-    pub input: Json,
+    /// The offending input (for `missing`, the enclosing object). Boxed, like `ctx`, to keep
+    /// the error small: it travels in `Result`s on the hot path.
+    pub input: Box<Json>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ctx: Option<Json>,
+    pub ctx: Option<Box<Json>>,
 }
 
 impl ValidationError {
@@ -63,18 +64,18 @@ impl ValidationError {
             kind,
             loc: Vec::new(),
             msg: msg.into(),
-            input,
+            input: Box::new(input),
             ctx: None,
         }
     }
 
     pub fn with_input(mut self, input: Json) -> Self {
-        self.input = input;
+        self.input = Box::new(input);
         self
     }
 
     pub fn with_ctx(mut self, ctx: Json) -> Self {
-        self.ctx = Some(ctx);
+        self.ctx = Some(Box::new(ctx));
         self
     }
 
@@ -162,5 +163,6 @@ mod tests {
         );
         let c = ValidationError::new("less_than_equal", "x", json!(2)).with_ctx(json!({"le": 1.0}));
         assert_eq!(serde_json::to_value(&c).unwrap()["ctx"], json!({"le": 1.0}));
+        assert!(std::mem::size_of::<ValidationError>() <= 96);
     }
 }

@@ -298,7 +298,10 @@ fn categories() {
         (e.kind, e.msg.as_str()),
         ("enum", "Input should be 'cat1' or 'cat2'")
     );
-    assert_eq!(e.ctx, Some(json!({"expected": "'cat1' or 'cat2'"})));
+    assert_eq!(
+        e.ctx.as_deref(),
+        Some(&json!({"expected": "'cat1' or 'cat2'"}))
+    );
     assert!(validate_value(&model, cat, &json!(1)).is_err());
     let icat = model
         .attr("test_entity_type", "test_attr_int_category")
@@ -382,7 +385,7 @@ fn dicts() {
             ("ip_v4_address", vec![LocItem::from("key3")]),
         ]
     );
-    assert_eq!(errs[0].input, json!({"key3": "bad"}));
+    assert_eq!(*errs[0].input, json!({"key3": "bad"}));
     assert_eq!(
         validate_value(&model, dt, &json!([1])).unwrap_err()[0].kind,
         "dict_type"

@@ -191,11 +191,16 @@ fn validate_bool(v: &Json) -> Result<bool, ValidationError> {
     };
     match v {
         Json::Bool(b) => Ok(*b),
-        Json::Number(n) => match n.as_f64() {
-            Some(f) if f == 0.0 => Ok(false),
-            Some(f) if f == 1.0 => Ok(true),
-            _ => Err(parsing()),
-        },
+        Json::Number(n) => {
+            let f = n.as_f64();
+            if f == Some(0.0) {
+                Ok(false)
+            } else if f == Some(1.0) {
+                Ok(true)
+            } else {
+                Err(parsing())
+            }
+        }
         Json::String(s) => {
             const TRUE: [&str; 6] = ["true", "yes", "on", "1", "t", "y"];
             const FALSE: [&str; 6] = ["false", "no", "off", "0", "f", "n"];

@@ -451,3 +451,27 @@ fn remote_hook(r: Remote, idx: u32, m: &RegMeta) -> Result<Hook, String> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(api_major: u32, api_minor: u32, panic_unwind: bool) -> LibraryInfo {
+        LibraryInfo {
+            api_major,
+            api_minor,
+            sdk_version: "9.9.9".into(),
+            panic_unwind,
+        }
+    }
+
+    #[test]
+    fn incompatible_or_abort_libraries_are_refused() {
+        check_info(&info(crate::API_MAJOR, crate::API_MINOR, true)).unwrap();
+        let e = check_info(&info(crate::API_MAJOR, crate::API_MINOR, false)).unwrap_err();
+        assert!(e.contains("panic = \"abort\""), "{e}");
+        let e = check_info(&info(crate::API_MAJOR + 1, 0, true)).unwrap_err();
+        assert!(e.contains("not compatible") && e.contains("9.9.9"), "{e}");
+        assert!(check_info(&info(crate::API_MAJOR, crate::API_MINOR + 1, true)).is_err());
+    }
+}

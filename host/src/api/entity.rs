@@ -137,7 +137,7 @@ pub async fn list_latest(State(state): State<AppState>, path: PathParams, uri: U
     let q = QueryParams::parse(uri.query());
     let mut c = Checker::default();
     let skip = c.uint(&q, "skip", 0);
-    let limit = c.uint(&q, "limit", 20);
+    let limit = c.page_limit(&q, 20, state.settings.max_page_size);
     let fulltext = c.json(&q, "fulltext_filters");
     let generic = c.json(&q, "generic_filter");
     c.finish()?;
@@ -214,7 +214,7 @@ pub async fn raw_get(State(state): State<AppState>, path: PathParams, uri: Uri) 
     let q = QueryParams::parse(uri.query());
     let mut c = Checker::default();
     let skip = c.uint(&q, "skip", 0);
-    let limit = c.uint(&q, "limit", 20);
+    let limit = c.page_limit(&q, 20, state.settings.max_page_size);
     c.finish()?;
     let eid = q
         .get("eid")
@@ -319,7 +319,7 @@ pub async fn snapshots<const V2: bool>(
     let from = c.datetime(&q, "date_from");
     let to = c.datetime(&q, "date_to");
     let skip = c.uint(&q, "skip", 0);
-    let limit = c.uint(&q, "limit", 0);
+    let limit = c.page_limit(&q, 0, state.settings.max_page_size);
     c.finish()?;
     let etype = et.spec.id.clone();
     let query = HistoryQuery {

@@ -110,7 +110,7 @@ pub async fn post_datapoints(
         && datapoints.len() > max
     {
         return Err(ApiError::PayloadTooLarge(format!(
-            "Too many datapoints in one request: {} (at most {max})",
+            "Too many datapoints in one request: {} (limits.max_datapoints_per_request is {max})",
             datapoints.len()
         )));
     }

@@ -22,10 +22,12 @@
 //! * `X-Forwarded-For` is honoured only from a loopback peer (uvicorn's default trust).
 //! * `ROOT_PATH` is not needed: a reverse proxy strips its prefix.
 
+pub mod auth;
 pub mod entity;
 pub mod error;
 pub mod filters;
 pub mod ingest;
+pub mod limits;
 pub mod logger;
 pub mod openapi;
 pub mod params;
@@ -96,6 +98,12 @@ pub struct ApiSettings {
     /// Maximum number of datapoints in one `POST /datapoints` (`413` beyond it); `None` =
     /// unlimited, as in DP3.
     pub max_datapoints_per_request: Option<usize>,
+    /// String/array/nesting limits of request bodies (`413`).
+    pub json_limits: limits::JsonLimits,
+    /// Largest `limit` of paged endpoints (`422` beyond it).
+    pub max_page_size: u64,
+    /// API tokens; `None` = open API (DP3-compatible).
+    pub auth: Option<auth::Auth>,
 }
 
 impl Default for ApiSettings {
@@ -112,6 +120,9 @@ impl Default for ApiSettings {
             rabbitmq: None,
             body_limit: DEFAULT_BODY_LIMIT,
             max_datapoints_per_request: None,
+            json_limits: limits::JsonLimits::default(),
+            max_page_size: dp3_model::config::ApiLimits::default().max_page_size,
+            auth: None,
         }
     }
 }
@@ -141,8 +152,11 @@ impl ApiSettings {
                 username: broker.username.clone(),
                 password: broker.password.clone(),
             }),
-            body_limit: DEFAULT_BODY_LIMIT,
-            max_datapoints_per_request: None,
+            body_limit: config.api.limits.max_body_bytes,
+            max_datapoints_per_request: Some(config.api.limits.max_datapoints_per_request),
+            json_limits: limits::JsonLimits::from(&config.api.limits),
+            max_page_size: config.api.limits.max_page_size,
+            auth: config.api.auth.as_ref().map(auth::Auth::from_config),
         }
     }
 }
@@ -253,10 +267,27 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(routing::method_not_allowed)
         .fallback(routing::not_found_or_redirect)
         .layer(DefaultBodyLimit::max(settings.body_limit));
+    let request_limits = routing::RequestLimits {
+        max_body_bytes: settings.body_limit,
+        json: settings.json_limits,
+    };
+    let mut outer = Router::new().fallback_service(api);
+    // Inside the CORS layer, so refusals carry CORS headers too.
+    if let Some(auth) = &settings.auth {
+        outer = outer.layer(axum::middleware::from_fn_with_state(
+            Arc::new(auth.clone()),
+            auth::require_token,
+        ));
+    }
     // Layers on an outer router run before routing: HEAD must be rejected before axum maps
     // it to the GET handler.
-    Router::new()
-        .fallback_service(api)
+    outer
+        .layer(axum::middleware::map_request(
+            move |mut req: axum::extract::Request| async move {
+                req.extensions_mut().insert(request_limits);
+                req
+            },
+        ))
         .layer(axum::middleware::map_request(routing::reject_head))
         .layer(axum::middleware::map_response(routing::allow_without_head))
         .layer(cors_layer(&settings.cors_allow_origins))

@@ -85,6 +85,25 @@ impl Checker {
         }
     }
 
+    /// The `limit` page-size parameter: like [`Checker::uint`], and at most `max`
+    /// (`api.yml: limits.max_page_size`). `0` keeps DP3's meaning ("no limit").
+    pub fn page_limit(&mut self, q: &QueryParams, default: u64, max: u64) -> u64 {
+        let limit = self.uint(q, "limit", default);
+        if limit > max {
+            self.errors.push(
+                ErrorItem::fastapi(
+                    "less_than_equal",
+                    loc(Source::Query, "limit"),
+                    format!("Input should be less than or equal to {max} (limits.max_page_size)"),
+                    json!(q.get("limit")),
+                )
+                .with_ctx(json!({"le": max})),
+            );
+            return default;
+        }
+        limit
+    }
+
     /// An optional datetime query parameter (naive = UTC).
     pub fn datetime(&mut self, q: &QueryParams, name: &str) -> Option<DateTime<Utc>> {
         let raw = q.get(name)?;

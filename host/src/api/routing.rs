@@ -18,17 +18,34 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Bytes::from_request(req, state)
-            .await
-            .map(RawBody)
-            .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge("Request body is too large".into())
-                } else {
-                    ApiError::BadRequest(format!("Cannot read the request body: {}", e.body_text()))
-                }
-            })
+        // Set by the router (`api.yml: limits`); absent in routers built without it.
+        let limits = req.extensions().get::<RequestLimits>().copied();
+        let body = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(match limits {
+                    Some(l) => format!(
+                        "Request body is larger than limits.max_body_bytes ({} bytes)",
+                        l.max_body_bytes
+                    ),
+                    None => "Request body is too large".into(),
+                })
+            } else {
+                ApiError::BadRequest(format!("Cannot read the request body: {}", e.body_text()))
+            }
+        })?;
+        if let Some(l) = limits {
+            super::limits::check_json_limits(&body, &l.json)
+                .map_err(|e| ApiError::PayloadTooLarge(format!("Request body rejected: {e}")))?;
+        }
+        Ok(RawBody(body))
     }
+}
+
+/// The body limits of a request, put into its extensions by the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    pub max_body_bytes: usize,
+    pub json: super::limits::JsonLimits,
 }
 
 /// DP3 (Starlette) answers a CORS preflight with the text `OK`.

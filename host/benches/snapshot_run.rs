@@ -15,8 +15,10 @@ use chrono::{TimeDelta, Utc};
 use dp3::clock::SystemClock;
 use dp3::queue::{Accepted, SubmitError, TaskSubmitter};
 use dp3::snapshot::SnapShooter;
-use dp3::snapshot::hooks::{SnapshotHooks, SnapshotHookSource};
-use dp3::snapshot::unit::Unit;
+use dp3::plugins::{HookRegistryBuilder, LiveHooks, RegistrySettings};
+use dp3::snapshot::hooks::SnapshotHookSource;
+use dp3::wiring::LiveHookSource;
+use dp3_plugin_api::Registrar;
 use dp3_model::config::load_config_dir;
 use dp3_model::{DataPointTask, Eid, ModelSpec};
 use dp3_store::sqlite::SqliteStore;
@@ -133,32 +135,36 @@ fn populate(store: &dyn Store, hosts: i64, sites: i64) {
     flush(&mut batch);
 }
 
-/// One correlation hook: `host.site_name := site.name` through the link.
-struct CopySiteName(Arc<ModelSpec>);
-
-impl SnapshotHooks for CopySiteName {
-    fn used_links(&self) -> Vec<(String, String)> {
-        vec![("host".into(), "site".into())]
-    }
-    fn correlate(&self, unit: &mut Unit) -> Vec<DataPointTask> {
-        let used = self.used_links();
-        for i in 0..unit.entities.len() {
-            if unit.entities[i].etype != "host" {
-                continue;
-            }
-            let mut view = unit.view(i, &self.0, &used, 1);
-            let name = view
+/// One correlation hook, registered through the real `Registrar` and `HookRegistry`:
+/// `host.site_name := site.name` through the link.
+fn hooks(model: &Arc<ModelSpec>) -> LiveHookSource {
+    let mut r = Registrar::new("bench");
+    r.correlation(
+        "copy_site_name",
+        "host",
+        vec![vec!["site".into(), "name".into()]],
+        vec![vec!["site_name".into()]],
+        |_etype, values| {
+            let name = values
                 .get_document("site")
                 .ok()
                 .and_then(|l| l.get_document("record").ok())
                 .and_then(|r| r.get_str("name").ok())
                 .map(str::to_owned);
             if let Some(n) = name {
-                view.insert("site_name", n);
+                values.insert("site_name", n);
             }
-            unit.store_view(i, view, &self.0);
-        }
-        Vec::new()
+            Ok(Vec::new())
+        },
+    );
+    let mut builder = HookRegistryBuilder::new(model.clone(), RegistrySettings::default());
+    let errors = builder.add_module("bench", r.into_registrations());
+    assert!(errors.is_empty(), "{errors:?}");
+    let (registry, errors) = builder.build();
+    assert!(errors.is_empty(), "{errors:?}");
+    LiveHookSource {
+        live: Arc::new(LiveHooks::new(registry)),
+        telemetry: None,
     }
 }
 
@@ -193,8 +199,7 @@ fn main() {
         eprintln!("populating {hosts} hosts and {sites} sites (cached in {})…", root.display());
         populate(&*store, hosts, sites);
     }
-    let hooks: Arc<dyn SnapshotHooks> = Arc::new(CopySiteName(model.clone()));
-    let source: Arc<dyn SnapshotHookSource> = Arc::new(hooks);
+    let source: Arc<dyn SnapshotHookSource> = Arc::new(hooks(&model));
     for threads in [1usize, 2] {
         let shooter = SnapShooter::new(
             model.clone(),

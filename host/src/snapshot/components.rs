@@ -120,7 +120,7 @@ pub fn linked_components(
 
     let mut groups: HashMap<usize, Vec<Member>> = HashMap::new();
     let mut order: Vec<usize> = Vec::new();
-    for i in 0..members.len() {
+    for (i, member) in members.iter().enumerate() {
         // Without keep_empty, entities that do not exist are not snapshotted; they still
         // connect their neighbours (as DP3's stub records do) but are left out of the unit.
         if !keep_empty && empty.contains(&i) {
@@ -130,7 +130,7 @@ pub fn linked_components(
         if !groups.contains_key(&r) {
             order.push(r);
         }
-        groups.entry(r).or_default().push(members[i].clone());
+        groups.entry(r).or_default().push(member.clone());
     }
     Ok(order
         .into_iter()

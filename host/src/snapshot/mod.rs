@@ -403,19 +403,15 @@ fn prune_missing_links(unit: &mut Unit, model: &ModelSpec, used_links: &[(String
                         e.values.insert(conf_key, kept_c);
                     }
                 }
-                Some(Bson::Array(items)) => {
-                    if !items.iter().any(exists) {
-                        e.values.remove(attr);
-                        e.values.remove(&conf_key);
-                    }
+                Some(Bson::Array(items)) if !items.iter().any(exists) => {
+                    e.values.remove(attr);
+                    e.values.remove(&conf_key);
                 }
-                Some(v) => {
-                    if !exists(&v) {
-                        e.values.remove(attr);
-                        e.values.remove(&conf_key);
-                    }
+                Some(v) if v.as_array().is_none() && !exists(&v) => {
+                    e.values.remove(attr);
+                    e.values.remove(&conf_key);
                 }
-                None => {}
+                _ => {}
             }
         }
     }

@@ -21,6 +21,17 @@
 //! can push history items twice (later aggregation merges equal ones), everything else it
 //! writes is idempotent.
 //!
+//! **Deliberate differences from DP3** (the stored shapes stay DP3's):
+//! * `#hash`/`#time_created` are written with `$setOnInsert` (DP3: `$set`), so a replayed
+//!   creation keeps the original creation time;
+//! * raw datapoints are archived by selecting them in `{etype}#raw`, handing them to the
+//!   sink and deleting them afterwards; DP3 renames `#raw` to `#archive_<time>` first;
+//! * snapshot retention removes exactly the snapshots older than the cut-off (DP3 removes
+//!   whole buckets, §6.6); trimmed buckets keep their `count`, so they are never refilled;
+//! * the buckets of a string eid are selected with an anchored regex, fixing DP3's prefix
+//!   collision (§9.44);
+//! * raw inserts are acknowledged (DP3: w=0).
+//!
 //! **Sync over async.** [`Store`] is synchronous; the official driver is async. The store
 //! owns a small tokio runtime and blocks on each operation ([`runtime`]).
 

@@ -2,6 +2,7 @@
 //! backpressure. The HTTP API only sees [`TaskSubmitter`] and [`ControlSink`].
 
 pub mod accept_log;
+pub mod rabbitmq;
 
 use dp3_model::DataPointTask;
 use tokio::sync::oneshot;

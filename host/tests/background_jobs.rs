@@ -273,7 +273,10 @@ fn item(t1: DateTime<Utc>, t2: DateTime<Utc>, v: Bson, c: f64) -> HistoryItem {
     }
 }
 
-fn history(doc: &Document, attr: &str) -> Vec<(DateTime<Utc>, DateTime<Utc>, Bson, Option<f64>)> {
+/// `(t1, t2, v, c)` of a stored history item.
+type Item = (DateTime<Utc>, DateTime<Utc>, Bson, Option<f64>);
+
+fn history(doc: &Document, attr: &str) -> Vec<Item> {
     doc.get_array(attr)
         .map(|a| {
             a.iter()

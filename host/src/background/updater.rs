@@ -525,7 +525,7 @@ impl Updater {
         }
         let mut deleted = 0;
         for (_, mut list) in finished {
-            list.sort_by(|a, b| b.0.cmp(&a.0));
+            list.sort_by_key(|e| std::cmp::Reverse(e.0));
             for (_, key) in list.into_iter().skip(self.cache_max_entries) {
                 self.store.delete_meta(&key)?;
                 deleted += 1;

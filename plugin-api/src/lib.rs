@@ -53,6 +53,8 @@ pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 #[doc(hidden)]
 pub mod __private {
     pub use crate::abi::codec::through_codec_attr;
+    /// The value codec, for the fuzz targets (`fuzz/`) and corpus replay tests.
+    pub use crate::abi::codec::{decode_value, encode_value};
     pub use crate::abi::export::{__root_module, AbiInfo, RootRef};
     pub use abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
 }

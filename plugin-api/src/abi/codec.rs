@@ -578,7 +578,20 @@ impl<'a> Reader<'a> {
                 let len =
                     usize::try_from(self.i32()?).map_err(|_| err("negative binary length"))?;
                 let [subtype] = self.arr::<1>()?;
-                let bytes = self.take(len)?.to_vec();
+                let mut bytes = self.take(len)?;
+                // Subtype 0x02 ("binary old") holds its own length before the data, as the
+                // encoder (through the bson crate) writes it; found by the plugin-bytes fuzz
+                // target (a value changed across a round trip).
+                if subtype == 0x02 {
+                    let (inner, data) = bytes
+                        .split_first_chunk::<4>()
+                        .ok_or_else(|| err("old binary without its inner length"))?;
+                    if usize::try_from(i32::from_le_bytes(*inner)).ok() != Some(data.len()) {
+                        return Err(err("old binary inner length does not match"));
+                    }
+                    bytes = data;
+                }
+                let bytes = bytes.to_vec();
                 Bson::Binary(Binary {
                     subtype: BinarySubtype::from(subtype),
                     bytes,

@@ -1,0 +1,3 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| dp3_fuzz::targets::plugin_value_bytes(data));

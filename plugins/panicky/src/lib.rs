@@ -8,10 +8,15 @@ use dp3_plugin_api::{Module, ModuleError, Refresh, Registrar, export_module, pat
 
 pub struct Panicky;
 
-impl Module for Panicky {
-    type Config = ();
+/// No options. A struct rather than `()`: `dp3 run` hands every module a mapping (empty when
+/// there is no `modules/panicky.yml`), which `()` cannot be read from.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct PanickyConfig {}
 
-    fn new(_: (), _: &Registrar) -> Result<Self, ModuleError> {
+impl Module for Panicky {
+    type Config = PanickyConfig;
+
+    fn new(_: PanickyConfig, _: &Registrar) -> Result<Self, ModuleError> {
         Ok(Panicky)
     }
 

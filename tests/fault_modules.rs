@@ -2,6 +2,9 @@
 //!
 //! * a module that panics in every hook (`plugins/panicky`) is contained: ingestion goes on,
 //!   the panic is logged with its reason, the host answers;
+//! * tasks a module emits for an unknown entity type, an unknown attribute or with a
+//!   wrongly typed value (`plugins/bad_tasks`) are rejected with a logged reason, while its
+//!   valid task is applied;
 //! * a module library or modules directory writable by other users is refused at start with
 //!   an error naming the file and the fix, so a library dropped there by someone else is
 //!   never loaded.
@@ -155,4 +158,35 @@ fn writable_module_library_is_refused() {
         "{err}"
     );
     assert!(err.contains(&*lib.file_name().unwrap().to_string_lossy()), "{err}");
+}
+
+#[test]
+fn invalid_tasks_from_a_module_are_rejected_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dp3_test_config(dir.path());
+    enable_module(&cfg, "bad_tasks", 0o644, 0o755);
+    let dp3 = Dp3::start(&cfg, &dir.path().join("data"));
+    let (status, body) = dp3.post_json(
+        "/datapoints",
+        &json!([{"type": "test_entity_type", "id": "m1", "attr": "test_attr_int", "v": 3}]),
+    );
+    assert_eq!(status, 200, "{body}");
+    // The valid task of the module is applied ...
+    let master = dp3.wait_for(
+        "/entity/test_entity_type/m1/master",
+        Duration::from_secs(20),
+        |b| b.get("test_attr_string").is_some(),
+    );
+    assert_eq!(master["test_attr_string"]["v"], json!("from bad_tasks"), "{master}");
+    // ... the wrongly typed value is not ...
+    assert_eq!(master["test_attr_int"]["v"], json!(3), "{master}");
+    // ... nothing was created for the unknown type, and the reasons are logged.
+    let (status, _) = dp3.get("/entity/no_such_type/m1/master");
+    assert_eq!(status, 422);
+    std::thread::sleep(Duration::from_millis(300));
+    let log = dp3.log_text();
+    for needle in ["no_such_type", "no_such_attr"] {
+        assert!(log.contains(needle), "{needle} not logged:\n{log}");
+    }
+    assert_eq!(dp3.get("/").0, 200, "the host is unaffected");
 }

@@ -37,8 +37,10 @@ fn batch(k: &mut i64, n: usize, entities: i64, pad: usize) -> (Value, Vec<Key>) 
         let t1 = (base_time() + TimeDelta::seconds(*k))
             .format("%Y-%m-%dT%H:%M:%SZ")
             .to_string();
-        dps.push(json!({"type": "test_entity_type", "id": eid, "attr": "test_attr_history",
-                        "v": *k, "t1": t1, "src": "x".repeat(pad)}));
+        dps.push(
+            json!({"type": "test_entity_type", "id": eid, "attr": "test_attr_history",
+                        "v": *k, "t1": t1, "src": "x".repeat(pad)}),
+        );
         keys.push((eid, t1));
         *k += 1;
     }
@@ -155,7 +157,11 @@ fn disk_full_answers_503_loses_nothing_and_recovers() {
     let post = |k: &mut i64, acked: &mut Vec<Key>, sent: &mut HashSet<Key>| -> (u16, Value) {
         let (body, keys) = batch(k, 50, entities, 100);
         sent.extend(keys.iter().cloned());
-        let r = http.post(&url).json(&body).send().expect("the server answers");
+        let r = http
+            .post(&url)
+            .json(&body)
+            .send()
+            .expect("the server answers");
         let status = r.status().as_u16();
         let retry_after = r.headers().contains_key("retry-after");
         let body: Value = r.json().unwrap_or(Value::Null);
@@ -184,7 +190,10 @@ fn disk_full_answers_503_loses_nothing_and_recovers() {
             _ => other.push((s, b)),
         }
     }
-    assert!(other.is_empty(), "unexpected answers with a full disk: {other:?}");
+    assert!(
+        other.is_empty(),
+        "unexpected answers with a full disk: {other:?}"
+    );
     assert!(
         unavailable > 0,
         "a full disk must be refused with 503\n{}",
@@ -261,8 +270,7 @@ fn config_with_test_module(dir: &Path) -> PathBuf {
     );
     std::fs::copy(test_module_library(), &lib).unwrap();
     std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::set_permissions(cfg.join("modules"), std::fs::Permissions::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(cfg.join("modules"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let pc = cfg.join("processing_core.yml");
     let text = std::fs::read_to_string(&pc)
         .unwrap()

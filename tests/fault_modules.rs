@@ -125,7 +125,10 @@ fn panicking_module_is_contained() {
             Duration::from_secs(20),
             |b| b.get("hostname").is_some(),
         );
-        assert!(master["hostname"].is_object() || master["hostname"].is_array(), "{master}");
+        assert!(
+            master["hostname"].is_object() || master["hostname"].is_array(),
+            "{master}"
+        );
     }
     assert_eq!(dp3.get("/").0, 200, "the host is unaffected");
     let log = dp3.log_text();
@@ -157,7 +160,10 @@ fn writable_module_library_is_refused() {
         err.contains("writable by group or others") && err.contains("chmod go-w"),
         "{err}"
     );
-    assert!(err.contains(&*lib.file_name().unwrap().to_string_lossy()), "{err}");
+    assert!(
+        err.contains(&*lib.file_name().unwrap().to_string_lossy()),
+        "{err}"
+    );
 }
 
 #[test]
@@ -177,7 +183,11 @@ fn invalid_tasks_from_a_module_are_rejected_and_logged() {
         Duration::from_secs(20),
         |b| b.get("test_attr_string").is_some(),
     );
-    assert_eq!(master["test_attr_string"]["v"], json!("from bad_tasks"), "{master}");
+    assert_eq!(
+        master["test_attr_string"]["v"],
+        json!("from bad_tasks"),
+        "{master}"
+    );
     // ... the wrongly typed value is not ...
     assert_eq!(master["test_attr_int"]["v"], json!(3), "{master}");
     // ... nothing was created for the unknown type, and the reasons are logged.

@@ -46,7 +46,10 @@ fn get_with(dp3: &Dp3, path: &str, token: Option<&str>) -> (u16, Value) {
 }
 
 fn detail(body: &Value) -> String {
-    body["detail"].as_str().map(str::to_owned).unwrap_or_else(|| body["detail"].to_string())
+    body["detail"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| body["detail"].to_string())
 }
 
 fn dp(v: Value) -> Value {
@@ -69,23 +72,48 @@ fn every_limit_is_enforced_and_named() {
     // Body size.
     let big = format!("[{}]", vec![dp(json!(1)).to_string(); 60].join(","));
     assert!(big.len() > 4000);
-    check(post_raw(&dp3, "/datapoints", big, None), 413, "limits.max_body_bytes (4000 bytes)");
+    check(
+        post_raw(&dp3, "/datapoints", big, None),
+        413,
+        "limits.max_body_bytes (4000 bytes)",
+    );
     // Datapoints per request.
     let four = Value::Array(vec![dp(json!(1)); 4]).to_string();
-    check(post_raw(&dp3, "/datapoints", four, None), 413, "limits.max_datapoints_per_request is 3");
+    check(
+        post_raw(&dp3, "/datapoints", four, None),
+        413,
+        "limits.max_datapoints_per_request is 3",
+    );
     // String length (any string, also keys and unknown fields).
     let long = json!([{"type": "test_entity_type", "id": "x".repeat(51), "attr": "a", "v": 1}]);
-    check(post_raw(&dp3, "/datapoints", long.to_string(), None), 413, "limits.max_string_length (50 bytes)");
+    check(
+        post_raw(&dp3, "/datapoints", long.to_string(), None),
+        413,
+        "limits.max_string_length (50 bytes)",
+    );
     // Array length below the top level.
     let arr = json!([{"type": "test_entity_type", "id": "e1", "attr": "test_attr_array", "v": [1, 2, 3, 4, 5, 6]}]);
-    check(post_raw(&dp3, "/datapoints", arr.to_string(), None), 413, "limits.max_array_length (5)");
+    check(
+        post_raw(&dp3, "/datapoints", arr.to_string(), None),
+        413,
+        "limits.max_array_length (5)",
+    );
     // Nesting depth.
     let deep = json!([{"type": "test_entity_type", "id": "e1", "attr": "a", "v": [[[1]]]}]);
-    check(post_raw(&dp3, "/datapoints", deep.to_string(), None), 413, "limits.max_nesting_depth (4)");
+    check(
+        post_raw(&dp3, "/datapoints", deep.to_string(), None),
+        413,
+        "limits.max_nesting_depth (4)",
+    );
     // The limits apply to every body, e.g. `set`.
     let set = json!({"value": "y".repeat(60)}).to_string();
     check(
-        post_raw(&dp3, "/entity/test_entity_type/e1/set/test_attr_string", set, None),
+        post_raw(
+            &dp3,
+            "/entity/test_entity_type/e1/set/test_attr_string",
+            set,
+            None,
+        ),
         413,
         "limits.max_string_length",
     );
@@ -94,7 +122,13 @@ fn every_limit_is_enforced_and_named() {
     tried += 1;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["detail"][0]["loc"], json!(["query", "limit"]));
-    assert!(body["detail"][0]["msg"].as_str().unwrap().contains("100 (limits.max_page_size)"), "{body}");
+    assert!(
+        body["detail"][0]["msg"]
+            .as_str()
+            .unwrap()
+            .contains("100 (limits.max_page_size)"),
+        "{body}"
+    );
     // Within every limit: accepted.
     let ok = Value::Array(vec![dp(json!(1)); 3]).to_string();
     let (status, body) = post_raw(&dp3, "/datapoints", ok, None);
@@ -113,7 +147,10 @@ fn default_limits_refuse_hostile_nesting() {
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     let (status, body) = post_raw(&dp3, "/datapoints", deep, None);
     assert_eq!(status, 413, "{body}");
-    assert!(detail(&body).contains("limits.max_nesting_depth (64)"), "{body}");
+    assert!(
+        detail(&body).contains("limits.max_nesting_depth (64)"),
+        "{body}"
+    );
     assert_eq!(dp3.get("/").0, 200);
 }
 
@@ -139,7 +176,12 @@ fn tokens_and_scopes_are_enforced() {
     let (s, b) = post_raw(&dp3, "/datapoints", body.clone(), None);
     assert_eq!(s, 401, "{b}");
     assert!(detail(&b).contains("'write' scope"), "{b}");
-    let (s, b) = post_raw(&dp3, "/datapoints", body.clone(), Some("wrong-token-0123456789"));
+    let (s, b) = post_raw(
+        &dp3,
+        "/datapoints",
+        body.clone(),
+        Some("wrong-token-0123456789"),
+    );
     assert_eq!(s, 401, "{b}");
     assert!(detail(&b).contains("Invalid API token"), "{b}");
     let (s, b) = get_with(&dp3, "/entities", None);
@@ -148,7 +190,10 @@ fn tokens_and_scopes_are_enforced() {
     // 403 with a token lacking the scope.
     let (s, b) = post_raw(&dp3, "/datapoints", body.clone(), Some(READER));
     assert_eq!(s, 403, "{b}");
-    assert!(detail(&b).contains("token 'reader' lacks the 'write' scope"), "{b}");
+    assert!(
+        detail(&b).contains("token 'reader' lacks the 'write' scope"),
+        "{b}"
+    );
     let (s, b) = get_with(&dp3, "/control/make_snapshots", Some(WRITER));
     assert_eq!(s, 403, "{b}");
     assert!(detail(&b).contains("'control' scope"), "{b}");
@@ -158,7 +203,10 @@ fn tokens_and_scopes_are_enforced() {
     let (s, b) = post_raw(&dp3, "/datapoints", body, Some(WRITER));
     assert_eq!(s, 200, "{b}");
     assert_eq!(get_with(&dp3, "/entities", Some(READER)).0, 200);
-    assert_eq!(get_with(&dp3, "/entity/test_entity_type/get", Some(WRITER)).0, 200);
+    assert_eq!(
+        get_with(&dp3, "/entity/test_entity_type/get", Some(WRITER)).0,
+        200
+    );
     let (s, b) = get_with(&dp3, "/control/make_snapshots", Some(OPS));
     assert_ne!(s, 401, "{b}");
     assert_ne!(s, 403, "{b}");

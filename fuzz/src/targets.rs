@@ -129,7 +129,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn sample_docs() -> Vec<Document> {
     vec![
         doc! {"eid": "e1", "test_attr_string": "abc", "test_attr_int": 5_i64,
-              "test_attr_array": [1, 2, 3], "nested": {"a": {"b": [1, "x", null]}}},
+        "test_attr_array": [1, 2, 3], "nested": {"a": {"b": [1, "x", null]}}},
         doc! {"eid": "e2", "test_attr_float": 1.5, "test_attr_bool": true},
         doc! {},
     ]

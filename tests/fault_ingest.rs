@@ -299,6 +299,11 @@ fn random_sigkills_during_ingestion_lose_nothing() {
         let stored = wait_all_stored(&dp3, &acked_now, entities);
         assert_no_loss_no_dup(&stored, &acked_now, &sent_now);
         assert!(
+            dp3.log_text().contains("module loaded"),
+            "test_module is loaded:\n{}",
+            dp3.log_text()
+        );
+        assert!(
             !dp3.log_text().contains("panicked"),
             "cycle {cycle}: {}",
             dp3.log_text()
@@ -375,8 +380,11 @@ fn random_sigkills_during_ingestion_lose_nothing() {
     // The hooks ran: test_module's correlation copies A's data1 values.
     let (s, _) = dp3.get("/entity/A/0/master");
     assert_eq!(s, 200);
+    let (_, snaps) = dp3.get("/entity/test_entity_type/k0/snapshots");
+    let snapshots = snaps.as_array().map_or(0, Vec::len);
     eprintln!(
-        "SIGKILL loop: {cycles} kills survived, {} datapoints acknowledged, 0 lost, {:?}",
+        "SIGKILL loop: {cycles} kills survived, {} datapoints acknowledged, 0 lost, \
+         {snapshots} snapshots of k0, {:?}",
         acked_now.len(),
         started.elapsed()
     );

@@ -64,6 +64,9 @@ pub struct RabbitConfig {
     /// Messages a publisher may have in flight (published, not yet confirmed); beyond that
     /// `submit` answers `Overloaded` at once instead of queueing in memory.
     pub max_unconfirmed: usize,
+    /// A publish not confirmed within this time is answered `Unavailable` (the broker may
+    /// block publishers indefinitely under a memory or disk alarm).
+    pub confirm_timeout: Duration,
     /// Delays between reconnect attempts; the last one repeats.
     pub reconnect_delays: Vec<Duration>,
     /// Limit for one TCP connect + AMQP handshake.
@@ -100,6 +103,7 @@ impl RabbitConfig {
             queue_max_length: DEFAULT_QUEUE_MAX_LENGTH,
             overload_retry: Duration::from_secs(1),
             max_unconfirmed: 50_000,
+            confirm_timeout: Duration::from_secs(30),
             reconnect_delays: [1, 2, 5, 10, 30]
                 .into_iter()
                 .map(Duration::from_secs)

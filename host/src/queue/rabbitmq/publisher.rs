@@ -311,6 +311,23 @@ fn persistent() -> BasicProperties {
 async fn publish_confirmed(
     shared: &Shared,
     messages: Vec<Outgoing>,
+    permit: OwnedSemaphorePermit,
+) -> Result<(), SubmitError> {
+    let limit = shared.cfg.confirm_timeout;
+    // A broker under a resource alarm blocks publishers without closing the connection;
+    // the caller must get an answer anyway.
+    match tokio::time::timeout(limit, publish_until_confirmed(shared, messages, permit)).await {
+        Ok(result) => result,
+        Err(_) => Err(SubmitError::Unavailable(format!(
+            "RabbitMQ did not confirm the publish within {limit:?} (is the broker blocked by a \
+             memory or disk alarm?)"
+        ))),
+    }
+}
+
+async fn publish_until_confirmed(
+    shared: &Shared,
+    messages: Vec<Outgoing>,
     _permit: OwnedSemaphorePermit,
 ) -> Result<(), SubmitError> {
     let deadline = Instant::now() + shared.cfg.overload_retry;

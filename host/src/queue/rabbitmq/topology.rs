@@ -134,8 +134,9 @@ impl Topology {
 fn queue_arguments(kind: QueueKind, max_length: u32) -> FieldTable {
     let mut args = FieldTable::default();
     if kind == QueueKind::Normal {
-        // The management API (used by DP3's script) stores JSON integers as 64-bit `long`s;
-        // declaring with the same type keeps re-declaration equivalent.
+        // RabbitMQ compares the integer value, not its AMQP type, when a queue is declared
+        // again (checked on 3.10: a queue made with a 16- or 32-bit limit accepts this), so
+        // queues made by DP3's script stay equivalent.
         args.insert(
             "x-max-length".into(),
             AMQPValue::LongLongInt(i64::from(max_length)),

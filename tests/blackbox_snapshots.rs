@@ -10,28 +10,11 @@ use chrono::Utc;
 use common::{Dp3, dp3_test_config};
 use serde_json::{Value, json};
 
-/// The built `test_module` library (a dev-dependency of the host, so `cargo test` builds it
-/// next to the test executables).
-fn test_module_library() -> PathBuf {
-    let file = format!(
-        "{}test_module{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    [deps.join(&file), deps.parent().unwrap().join(&file)]
-        .into_iter()
-        .filter(|p| p.exists())
-        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .unwrap_or_else(|| panic!("{file} not built"))
-}
-
 /// DP3's test configuration with `test_module` enabled.
 fn config_with_test_module(dir: &Path) -> PathBuf {
     let cfg = dp3_test_config(dir);
     std::fs::copy(
-        test_module_library(),
+        common::example_library("test_module"),
         cfg.join("modules").join(format!(
             "{}test_module{}",
             std::env::consts::DLL_PREFIX,
@@ -184,4 +167,35 @@ fn correlation_hooks_across_links_in_dependency_order() {
         visible_after < Duration::from_secs(2),
         "snapshot visible {visible_after:?} after the request"
     );
+
+    // /metrics shows hook telemetry, queue depth, accepted/rejected datapoints, snapshot
+    // run durations and entities per type.
+    let (status, _) = dp3.post_json(
+        "/datapoints",
+        &json!([{"type": "A", "id": "not-an-int", "attr": "data1", "v": "x"}]),
+    );
+    assert_eq!(status, 422);
+    let text = common::client()
+        .get(dp3.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(value("dp3_datapoints_accepted_total") >= 11.0, "{text}");
+    assert_eq!(value("dp3_datapoints_rejected_total"), 1.0, "{text}");
+    assert!(text.contains("dp3_queue_tasks_in_flight"), "{text}");
+    assert!(value("dp3_snapshot_runs_total") >= 1.0, "{text}");
+    assert!(value("dp3_snapshot_run_seconds_count") >= 1.0, "{text}");
+    assert!(value("dp3_entities{etype=\"A\"}") >= 3.0, "{text}");
+    let correlation_calls = value(
+        "dp3_hook_executions_total{family=\"snapshot_correlation\",module=\"test_module\"",
+    );
+    assert!(correlation_calls >= 7.0, "per-hook counts: {text}");
+    assert!(text.contains("dp3_hook_duration_ns_total"), "{text}");
 }

@@ -23,6 +23,28 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The built library of an example module (`plugins/<name>`). The host lists the example
+/// modules as dev-dependencies, so `cargo test` builds them next to the test executables
+/// (`target/<profile>/deps/`); a workspace build puts them in `target/<profile>/`. The newer
+/// one wins.
+pub fn example_library(name: &str) -> PathBuf {
+    let file = format!(
+        "{}{name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps dir");
+    [
+        deps.join(&file),
+        deps.parent().expect("profile dir").join(&file),
+    ]
+    .into_iter()
+    .filter(|p| p.exists())
+    .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    .unwrap_or_else(|| panic!("{file} was not built next to {}", exe.display()))
+}
+
 /// Copy a directory tree.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -96,6 +96,14 @@ pub async fn post_datapoints(
     let datapoints = match result {
         Ok(dps) => dps,
         Err(items) => {
+            // One invalid datapoint rejects the whole request (as DP3): count the datapoints
+            // the errors point at (`loc = ["body", i, ...]`), or the request as one.
+            let rejected: std::collections::BTreeSet<u64> = items
+                .iter()
+                .filter_map(|i| i.loc.get(1).and_then(Json::as_u64))
+                .collect();
+            metrics::counter!("dp3_datapoints_rejected_total").increment(rejected.len().max(1) as u64);
+            metrics::counter!("dp3_requests_rejected_total").increment(1);
             if state.logger.logs_bad() {
                 let records: Vec<Json> = items
                     .iter()

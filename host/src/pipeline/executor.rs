@@ -226,25 +226,28 @@ impl Executor {
                     write.ttl.push(("data".to_owned(), now + ttl));
                 }
             }
-            AttrKind::Observations {
-                data_type,
-                history_params,
-                ..
-            } => {
+            AttrKind::Observations { .. } | AttrKind::Timeseries { .. } => {
                 let (Some(t1), Some(t2)) = (dp.t1, dp.t2) else {
-                    warn!(attr = %attr.id, "observation datapoint without t1/t2 dropped");
+                    warn!(attr = %attr.id, "timed datapoint without t1/t2 dropped");
                     return;
                 };
+                let observation = matches!(attr.kind, AttrKind::Observations { .. });
                 write.history.push((
                     attr.id.clone(),
                     HistoryItem {
                         t1,
                         t2,
                         v: dp.v.clone(),
-                        c: Some(dp.c),
+                        c: observation.then_some(dp.c),
                     },
                 ));
-                if let Some(target) = data_type.link_target() {
+                if let AttrKind::Observations {
+                    data_type,
+                    history_params,
+                    ..
+                } = &attr.kind
+                    && let Some(target) = data_type.link_target()
+                {
                     let ttl = t2 + history_params.post_validity;
                     for to in link_targets(target, &self.model, &dp.v) {
                         out.ops.push(WriteOp::Link(LinkOp::Upsert {
@@ -255,26 +258,6 @@ impl Executor {
                         }));
                     }
                 }
-                if let Some(mirror_data) = ttl_lifetime
-                    && let Some(e) = data_ttl(attr, mirror_data)
-                {
-                    write.ttl.push(("data".to_owned(), t2 + e));
-                }
-            }
-            AttrKind::Timeseries { .. } => {
-                let (Some(t1), Some(t2)) = (dp.t1, dp.t2) else {
-                    warn!(attr = %attr.id, "timeseries datapoint without t1/t2 dropped");
-                    return;
-                };
-                write.history.push((
-                    attr.id.clone(),
-                    HistoryItem {
-                        t1,
-                        t2,
-                        v: dp.v.clone(),
-                        c: None,
-                    },
-                ));
                 if let Some(mirror_data) = ttl_lifetime
                     && let Some(e) = data_ttl(attr, mirror_data)
                 {

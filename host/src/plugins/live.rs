@@ -100,20 +100,12 @@ pub struct ModuleLoader {
     live: Arc<LiveHooks>,
 }
 
-/// Read `modules/<name>.yml` as JSON (`null` when missing or empty).
+/// Read `modules/<name>.yml` as JSON text (`{}` when missing or empty), with the
+/// configuration loader's error reporting (file and YAML position).
 pub fn read_module_config(config_dir: &Path, module: &str) -> Result<String, String> {
-    let path = config_dir.join("modules").join(format!("{module}.yml"));
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok("null".into()),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
-    if text.trim().is_empty() {
-        return Ok("null".into());
-    }
-    let v: serde_json::Value = yaml_serde::from_str(&text)
-        .map_err(|e| format!("{}: invalid YAML: {e}", path.display()))?;
-    Ok(v.to_string())
+    dp3_model::config::load_module_config(config_dir, module)
+        .map(|v| v.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn sha256_hex(path: &Path) -> Result<String, String> {

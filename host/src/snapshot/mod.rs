@@ -207,6 +207,10 @@ impl SnapShooter {
             failures,
             duration: started.elapsed(),
         };
+        metrics::counter!("dp3_snapshot_runs_total").increment(1);
+        metrics::counter!("dp3_snapshot_run_failures_total").increment(failures);
+        metrics::histogram!("dp3_snapshot_run_seconds").record(report.duration.as_secs_f64());
+        metrics::gauge!("dp3_snapshot_last_run_entities").set(entities as f64);
         info!(
             entities,
             components = component_count,

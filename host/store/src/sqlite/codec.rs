@@ -47,6 +47,11 @@ pub fn decode_value(bytes: &[u8], what: &str) -> Result<Bson> {
         what: what.to_owned(),
         reason: "empty value".into(),
     })?;
+    // Fast paths for the scalar element types that make up almost all history values:
+    // building a whole document to read one scalar dominated master-record reads.
+    if let Some(v) = decode_scalar(*ty, value) {
+        return Ok(v);
+    }
     let len = u32::try_from(bytes.len() + 7).map_err(|_| StoreError::Corrupt {
         what: what.to_owned(),
         reason: "value too large".into(),
@@ -57,8 +62,40 @@ pub fn decode_value(bytes: &[u8], what: &str) -> Result<Bson> {
     doc.extend_from_slice(b"v\0");
     doc.extend_from_slice(value);
     doc.push(0);
-    let d = decode_doc(&doc, what)?;
-    Ok(d.get("v").cloned().unwrap_or(Bson::Null))
+    let mut d = decode_doc(&doc, what)?;
+    Ok(d.remove("v").unwrap_or(Bson::Null))
+}
+
+/// Decode a scalar BSON element value (without its key) of element type `ty`; `None` for
+/// other types or malformed input (the general path then reports the error).
+fn decode_scalar(ty: u8, b: &[u8]) -> Option<Bson> {
+    let le8 = |b: &[u8]| -> Option<[u8; 8]> { b.get(..8)?.try_into().ok() };
+    let le4 = |b: &[u8]| -> Option<[u8; 4]> { b.get(..4)?.try_into().ok() };
+    match ty {
+        0x01 if b.len() == 8 => Some(Bson::Double(f64::from_le_bytes(le8(b)?))),
+        0x10 if b.len() == 4 => Some(Bson::Int32(i32::from_le_bytes(le4(b)?))),
+        0x12 if b.len() == 8 => Some(Bson::Int64(i64::from_le_bytes(le8(b)?))),
+        0x08 if b.len() == 1 => match b[0] {
+            0 => Some(Bson::Boolean(false)),
+            1 => Some(Bson::Boolean(true)),
+            _ => None,
+        },
+        0x0A if b.is_empty() => Some(Bson::Null),
+        0x09 if b.len() == 8 => Some(Bson::DateTime(bson::DateTime::from_millis(
+            i64::from_le_bytes(le8(b)?),
+        ))),
+        0x02 => {
+            let n = usize::try_from(i32::from_le_bytes(le4(b)?)).ok()?;
+            let body = b.get(4..4 + n)?;
+            if b.len() != 4 + n || body.last() != Some(&0) {
+                return None;
+            }
+            std::str::from_utf8(&body[..n - 1])
+                .ok()
+                .map(|s| Bson::String(s.to_owned()))
+        }
+        _ => None,
+    }
 }
 
 pub fn encode_doc(d: &Document) -> Result<Vec<u8>> {
@@ -116,5 +153,34 @@ mod tests {
         assert_eq!(encode_value(&Bson::Int32(5)).unwrap().len(), 5);
         assert!(decode_value(&[], "test").is_err());
         assert!(decode_value(&[0x10, 1], "test").is_err());
+    }
+
+    #[test]
+    fn scalar_fast_path_agrees_with_the_document_decoder() {
+        for v in [
+            Bson::Int32(-7),
+            Bson::Int64(i64::MIN),
+            Bson::Double(f64::NAN),
+            Bson::Double(-0.0),
+            Bson::String(String::new()),
+            Bson::String("žluťoučký".into()),
+            Bson::Boolean(false),
+            Bson::Null,
+            Bson::DateTime(bson::DateTime::from_millis(1_700_000_000_123)),
+        ] {
+            let bytes = encode_value(&v).unwrap();
+            let fast = decode_scalar(bytes[0], &bytes[1..]).expect("scalar");
+            let mut d = doc! {};
+            d.insert("v", v.clone());
+            let slow = Document::from_reader(d.to_vec().unwrap().as_slice()).unwrap();
+            assert_eq!(
+                format!("{fast:?}"),
+                format!("{:?}", slow.get("v").unwrap()),
+                "{v:?}"
+            );
+        }
+        // malformed scalars fall back to the general path, which reports them
+        assert!(decode_scalar(0x02, &[5, 0, 0, 0, b'a', 0]).is_none());
+        assert!(decode_scalar(0x08, &[2]).is_none());
     }
 }

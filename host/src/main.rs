@@ -16,6 +16,10 @@ enum Command {
     /// Run the whole platform in one process: HTTP API, workers, snapshots and background
     /// jobs, on the embedded store.
     Run(dp3::cli::run::RunArgs),
+    /// Serve only the HTTP API; tasks are published to RabbitMQ (multi-process deployments).
+    Api(dp3::cli::api::ApiArgs),
+    /// Declare DP3's RabbitMQ exchanges and queues for `worker_processes` workers.
+    RabbitmqSetup(dp3::cli::api::SetupArgs),
     /// Generate load against a running dp3 and report throughput and latency.
     Load(dp3::cli::load::LoadArgs),
 }
@@ -32,5 +36,7 @@ fn main() -> anyhow::Result<()> {
         Command::Check(args) => dp3::cli::check::run(&args),
         Command::Run(args) => dp3::cli::run::run(&args),
         Command::Load(args) => dp3::cli::load::run(&args),
+        Command::Api(args) => dp3::cli::api::api(&args),
+        Command::RabbitmqSetup(args) => dp3::cli::api::setup(&args),
     }
 }

@@ -1,5 +1,6 @@
 //! Command-line entry points.
 
+pub mod api;
 pub mod check;
 pub mod load;
 pub mod run;

@@ -287,7 +287,7 @@ fn listen_address(args: &RunArgs, config: &Config) -> anyhow::Result<SocketAddr>
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -339,7 +339,7 @@ pub fn open_store(config: &Config, data: &std::path::Path) -> anyhow::Result<Arc
 }
 
 /// `APP_NAME` (DP3's prefix of RabbitMQ names), default `dp3`.
-fn app_name() -> String {
+pub fn app_name() -> String {
     std::env::var("APP_NAME").unwrap_or_else(|_| "dp3".into())
 }
 

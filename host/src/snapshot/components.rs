@@ -91,7 +91,9 @@ pub fn linked_components(
         let Some(entity) = model.entity(&etype) else {
             continue;
         };
-        let master = store.get_master(&etype, &eid)?;
+        // Only the used link attributes are needed to follow links.
+        let projection: Vec<String> = attrs.iter().map(|a| (*a).to_owned()).collect();
+        let master = store.get_master_projected(&etype, &eid, &projection)?;
         let Some(master) = master else {
             empty.insert(i);
             continue;

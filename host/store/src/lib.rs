@@ -48,6 +48,18 @@ pub trait Store: Send + Sync {
     /// stored order), or `None`.
     fn get_master(&self, etype: &str, eid: &Eid) -> Result<Option<Document>>;
 
+    /// [`Store::get_master`] with only the given attributes (metadata keys and `_id` are
+    /// always included). Backends that cannot project cheaply return the whole record.
+    fn get_master_projected(
+        &self,
+        etype: &str,
+        eid: &Eid,
+        attrs: &[String],
+    ) -> Result<Option<Document>> {
+        let _ = attrs;
+        self.get_master(etype, eid)
+    }
+
     /// Stream master records of one entity type, ordered by eid key, starting after
     /// `after` (exclusive), at most `limit`. Restrict to a hash partition with
     /// `partition = Some((index, count))` (`#hash mod count == index`); records lacking

@@ -327,6 +327,24 @@ pub fn get_master(
     assemble(conn, names, et, &key, eid, &row, projection).map(Some)
 }
 
+/// Attribute-name ids of a projection (`None` = everything).
+pub fn projection_ids(
+    conn: &Connection,
+    names: &Names,
+    attrs: Option<&[String]>,
+) -> Result<Option<HashSet<i64>>> {
+    let Some(attrs) = attrs else {
+        return Ok(None);
+    };
+    let mut ids = HashSet::new();
+    for a in attrs {
+        if let Some(id) = names.id(conn, a)? {
+            ids.insert(id);
+        }
+    }
+    Ok(Some(ids))
+}
+
 fn check_partition(partition: Option<(u32, u32)>) -> Result<()> {
     match partition {
         Some((_, 0)) => Err(StoreError::InvalidQuery(
@@ -346,18 +364,7 @@ pub fn scan_master(
     let Some(et) = names.id(conn, etype)? else {
         return Ok(Vec::new());
     };
-    let projection = match &scan.projection {
-        None => None,
-        Some(attrs) => {
-            let mut ids = HashSet::new();
-            for a in attrs {
-                if let Some(id) = names.id(conn, a)? {
-                    ids.insert(id);
-                }
-            }
-            Some(ids)
-        }
-    };
+    let projection = projection_ids(conn, names, scan.projection.as_deref())?;
     let after = scan.after.as_ref().map(eid_key).unwrap_or_default();
     let (index, count) = scan
         .partition

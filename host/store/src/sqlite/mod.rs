@@ -179,6 +179,18 @@ impl Store for SqliteStore {
         self.read(|c, n| master::get_master(c, n, etype, eid, None))
     }
 
+    fn get_master_projected(
+        &self,
+        etype: &str,
+        eid: &Eid,
+        attrs: &[String],
+    ) -> Result<Option<Document>> {
+        self.read(|c, n| {
+            let projection = master::projection_ids(c, n, Some(attrs))?;
+            master::get_master(c, n, etype, eid, projection.as_ref())
+        })
+    }
+
     fn scan_master(&self, etype: &str, scan: &MasterScan) -> Result<Vec<Document>> {
         self.read(|c, n| master::scan_master(c, n, etype, scan))
     }

@@ -42,7 +42,11 @@ fn api_publishes_dp3_tasks_to_the_worker_queues() {
         .env("APP_NAME", &app)
         .output()
         .unwrap();
-    assert!(setup.status.success(), "{}", String::from_utf8_lossy(&setup.stderr));
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
 
     let port = free_port();
     let mut api = Command::new(dp3_bin())

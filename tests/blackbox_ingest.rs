@@ -91,7 +91,10 @@ fn sigterm_drains_and_exits_cleanly() {
             history_t1s(&b, "test_attr_history").len()
         })
         .sum();
-    assert_eq!(total, 500, "every accepted datapoint is applied exactly once");
+    assert_eq!(
+        total, 500,
+        "every accepted datapoint is applied exactly once"
+    );
 }
 
 /// Under load, `kill -9` the process and restart it: every datapoint that was answered 200
@@ -118,7 +121,9 @@ fn kill9_under_load_loses_no_acknowledged_datapoint() {
                 let mut keys = Vec::new();
                 for _ in 0..200 {
                     let eid = format!("k{}", k % entities);
-                    let t1 = (base + TimeDelta::seconds(k)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+                    let t1 = (base + TimeDelta::seconds(k))
+                        .format("%Y-%m-%dT%H:%M:%SZ")
+                        .to_string();
                     batch.push(json!({"type": "test_entity_type", "id": eid,
                                       "attr": "test_attr_history", "v": k, "t1": t1}));
                     keys.push((eid, t1));
@@ -161,8 +166,20 @@ fn kill9_under_load_loses_no_acknowledged_datapoint() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let missing: Vec<_> = acked.iter().filter(|k| !stored.contains_key(*k)).collect();
-    assert!(missing.is_empty(), "{} acknowledged datapoints lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged datapoints lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
     let dup: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(dup.is_empty(), "datapoints applied twice: {:?}", &dup[..dup.len().min(5)]);
-    assert!(stored.keys().all(|k| sent.contains(k)), "only sent datapoints are stored");
+    assert!(
+        dup.is_empty(),
+        "datapoints applied twice: {:?}",
+        &dup[..dup.len().min(5)]
+    );
+    assert!(
+        stored.keys().all(|k| sent.contains(k)),
+        "only sent datapoints are stored"
+    );
 }

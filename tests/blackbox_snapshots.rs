@@ -138,13 +138,25 @@ fn correlation_hooks_across_links_in_dependency_order() {
     let visible_after = snapshot(&dp3, ("A", json!(1)));
 
     let a1 = latest(&dp3, "A", &json!(1)).expect("A1 snapshot");
-    assert_eq!(a1["data1"], json!("b1-one"), "A copies B.data1 across bs: {a1}");
-    assert_eq!(a1["bs"], json!({"eid": "b1"}), "record keys are not stored: {a1}");
+    assert_eq!(
+        a1["data1"],
+        json!("b1-one"),
+        "A copies B.data1 across bs: {a1}"
+    );
+    assert_eq!(
+        a1["bs"],
+        json!({"eid": "b1"}),
+        "record keys are not stored: {a1}"
+    );
     let b1 = latest(&dp3, "B", &json!("b1")).expect("B b1 snapshot");
     assert_eq!(b1["data2"], json!("a1-two"), "{b1}");
 
     let b2 = latest(&dp3, "B", &json!("b2")).expect("B b2 snapshot");
-    assert_eq!(b2["data2"], json!("a2-two"), "one-way link still forms a component: {b2}");
+    assert_eq!(
+        b2["data2"],
+        json!("a2-two"),
+        "one-way link still forms a component: {b2}"
+    );
 
     for (etype, eid) in [("C", "c1"), ("D", "d1")] {
         let s = latest(&dp3, etype, &json!(eid)).unwrap();
@@ -160,7 +172,10 @@ fn correlation_hooks_across_links_in_dependency_order() {
     assert_eq!(status, 200);
     assert_eq!(entity["empty"], json!(false));
     assert_eq!(
-        entity["snapshots"].as_array().and_then(|s| s.last()).map(|s| &s["data1"]),
+        entity["snapshots"]
+            .as_array()
+            .and_then(|s| s.last())
+            .map(|s| &s["data1"]),
         Some(&json!("b1-one"))
     );
     assert!(
@@ -193,9 +208,8 @@ fn correlation_hooks_across_links_in_dependency_order() {
     assert!(value("dp3_snapshot_runs_total") >= 1.0, "{text}");
     assert!(value("dp3_snapshot_run_seconds_count") >= 1.0, "{text}");
     assert!(value("dp3_entities{etype=\"A\"}") >= 3.0, "{text}");
-    let correlation_calls = value(
-        "dp3_hook_executions_total{family=\"snapshot_correlation\",module=\"test_module\"",
-    );
+    let correlation_calls =
+        value("dp3_hook_executions_total{family=\"snapshot_correlation\",module=\"test_module\"");
     assert!(correlation_calls >= 7.0, "per-hook counts: {text}");
     assert!(text.contains("dp3_hook_duration_ns_total"), "{text}");
 }

@@ -13,14 +13,14 @@ use std::time::Instant;
 use bson::{Bson, doc};
 use chrono::{TimeDelta, Utc};
 use dp3::clock::SystemClock;
+use dp3::plugins::{HookRegistryBuilder, LiveHooks, RegistrySettings};
 use dp3::queue::{Accepted, SubmitError, TaskSubmitter};
 use dp3::snapshot::SnapShooter;
-use dp3::plugins::{HookRegistryBuilder, LiveHooks, RegistrySettings};
 use dp3::snapshot::hooks::SnapshotHookSource;
 use dp3::wiring::LiveHookSource;
-use dp3_plugin_api::Registrar;
 use dp3_model::config::load_config_dir;
 use dp3_model::{DataPointTask, Eid, ModelSpec};
+use dp3_plugin_api::Registrar;
 use dp3_store::sqlite::SqliteStore;
 use dp3_store::{Creation, EntityWrite, HistoryItem, LinkKey, LinkOp, Store, WriteBatch, WriteOp};
 
@@ -57,9 +57,15 @@ fn write_config(dir: &Path) {
         ),
         ("snapshots.yml", "creation_rate: {minute: \"*/30\"}\n"),
         ("control.yml", "allowed_actions: [make_snapshots]\n"),
-        ("updater.yml", "update_batch_cron: {minute: \"*/5\", second: \"0\"}\nupdate_batch_period: 5m\n"),
+        (
+            "updater.yml",
+            "update_batch_cron: {minute: \"*/5\", second: \"0\"}\nupdate_batch_period: 5m\n",
+        ),
         ("event_logging.yml", "groups: {}\n"),
-        ("api.yml", "datapoint_logger: {good_log: false, bad_log: false}\n"),
+        (
+            "api.yml",
+            "datapoint_logger: {good_log: false, bad_log: false}\n",
+        ),
     ] {
         std::fs::write(dir.join(f), body).unwrap();
     }
@@ -79,7 +85,8 @@ fn populate(store: &dyn Store, hosts: i64, sites: i64) {
             hash: eid.hash("site"),
             time_created: now,
         });
-        w.plain.push(("name".into(), Bson::String(format!("Site #{s}")), now));
+        w.plain
+            .push(("name".into(), Bson::String(format!("Site #{s}")), now));
         batch.ops.push(WriteOp::Entity(w));
     }
     flush(&mut batch);
@@ -187,7 +194,8 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
     let sites = (hosts / 100).max(1);
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../target/bench-data/snapshots-{hosts}"));
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../target/bench-data/snapshots-{hosts}"));
     let cfg_dir = root.join("config");
     write_config(&cfg_dir);
     let config = load_config_dir(&cfg_dir).unwrap_or_else(|e| panic!("{e}"));
@@ -196,7 +204,10 @@ fn main() {
     let fresh = !db.exists();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap());
     if fresh {
-        eprintln!("populating {hosts} hosts and {sites} sites (cached in {})…", root.display());
+        eprintln!(
+            "populating {hosts} hosts and {sites} sites (cached in {})…",
+            root.display()
+        );
         populate(&*store, hosts, sites);
     }
     let source: Arc<dyn SnapshotHookSource> = Arc::new(hooks(&model));

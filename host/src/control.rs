@@ -81,9 +81,7 @@ mod tests {
         .unwrap();
         control.send(ControlAction::MakeSnapshots).unwrap();
         control
-            .send(ControlAction::RefreshModuleConfig {
-                module: "x".into(),
-            })
+            .send(ControlAction::RefreshModuleConfig { module: "x".into() })
             .unwrap();
         control.stop();
         assert_eq!(*seen.lock(), vec![ControlAction::MakeSnapshots]);

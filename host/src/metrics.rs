@@ -85,12 +85,18 @@ impl MetricsSource for PipelineMetrics {
         c("dp3_tasks_accepted_total", s.tasks_accepted.get());
         c("dp3_datapoints_accepted_total", s.datapoints_accepted.get());
         c("dp3_tasks_processed_total", s.tasks_processed.get());
-        c("dp3_datapoints_processed_total", s.datapoints_processed.get());
+        c(
+            "dp3_datapoints_processed_total",
+            s.datapoints_processed.get(),
+        );
         c("dp3_task_errors_total", s.task_errors.get());
         c("dp3_entities_created_total", s.entities_created.get());
         c("dp3_entities_deleted_total", s.entities_deleted.get());
         c("dp3_generated_tasks_total", s.generated_tasks.get());
-        c("dp3_generated_tasks_refused_total", s.invalid_generated_tasks.get());
+        c(
+            "dp3_generated_tasks_refused_total",
+            s.invalid_generated_tasks.get(),
+        );
         c("dp3_batches_applied_total", s.batches_applied.get());
         c("dp3_datapoints_applied_total", s.datapoints_applied.get());
         c("dp3_store_write_errors_total", s.apply_errors.get());

@@ -38,7 +38,12 @@ impl IngestionHooks for RegistryHooks {
         self.registry.allow_entity_creation(etype, eid, task)
     }
 
-    fn on_entity_creation(&self, etype: &str, eid: &Eid, task: &DataPointTask) -> Vec<DataPointTask> {
+    fn on_entity_creation(
+        &self,
+        etype: &str,
+        eid: &Eid,
+        task: &DataPointTask,
+    ) -> Vec<DataPointTask> {
         self.registry.on_entity_creation(etype, eid, task)
     }
 

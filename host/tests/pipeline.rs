@@ -139,8 +139,14 @@ fn tasks_are_applied_to_master_records_and_raw_log() {
         .get_master("test_entity_type", &Eid::String("b".into()))
         .unwrap()
         .unwrap();
-    assert_eq!(b.get_document("test_attr_int").unwrap().get("v"), Some(&Bson::Int32(7)));
-    assert!(b.get("#hash").is_some() && b.get("#time_created").is_some(), "{b}");
+    assert_eq!(
+        b.get_document("test_attr_int").unwrap().get("v"),
+        Some(&Bson::Int32(7))
+    );
+    assert!(
+        b.get("#hash").is_some() && b.get("#time_created").is_some(),
+        "{b}"
+    );
     assert_eq!(p.stats().datapoints_applied.get(), 3);
     assert!(p.shutdown(Duration::from_secs(10)));
     assert!(env.log.is_empty().unwrap(), "finished rows are retired");
@@ -157,7 +163,12 @@ fn hooks_run_in_order_and_outputs_re_enter() {
         fn allow_entity_creation(&self, _e: &str, eid: &Eid, _t: &DataPointTask) -> bool {
             eid != &Eid::String("denied".into())
         }
-        fn on_entity_creation(&self, _e: &str, _eid: &Eid, _t: &DataPointTask) -> Vec<DataPointTask> {
+        fn on_entity_creation(
+            &self,
+            _e: &str,
+            _eid: &Eid,
+            _t: &DataPointTask,
+        ) -> Vec<DataPointTask> {
             self.created.fetch_add(1, Ordering::SeqCst);
             Vec::new()
         }
@@ -166,7 +177,14 @@ fn hooks_run_in_order_and_outputs_re_enter() {
             if dp.attr == "test_attr_history" {
                 // derive a plain value on another entity
                 let target = format!("{}-derived", dp.eid);
-                vec![task(&target, vec![plain(&target, "test_attr_string", Bson::String(format!("from {}", dp.eid)))])]
+                vec![task(
+                    &target,
+                    vec![plain(
+                        &target,
+                        "test_attr_string",
+                        Bson::String(format!("from {}", dp.eid)),
+                    )],
+                )]
             } else {
                 Vec::new()
             }
@@ -178,7 +196,13 @@ fn hooks_run_in_order_and_outputs_re_enter() {
         new_attr: AtomicUsize::new(0),
     });
     let p = start(&env, hooks.clone(), cfg());
-    submit(&p, vec![task("x", vec![obs("x", 1, 0)]), task("denied", vec![obs("denied", 1, 0)])]);
+    submit(
+        &p,
+        vec![
+            task("x", vec![obs("x", 1, 0)]),
+            task("denied", vec![obs("denied", 1, 0)]),
+        ],
+    );
     submit(&p, vec![task("x", vec![obs("x", 2, 1)])]);
     assert!(p.wait_idle(Duration::from_secs(10)));
     assert!(p.shutdown(Duration::from_secs(10)));
@@ -188,14 +212,21 @@ fn hooks_run_in_order_and_outputs_re_enter() {
     assert_eq!(hooks.new_attr.load(Ordering::SeqCst), 4);
     assert_eq!(history_len(&*env.store, "x"), 2);
     assert_eq!(history_len(&*env.store, "denied"), 0);
-    assert!(!env.store.exists("test_entity_type", &Eid::String("denied".into())).unwrap());
+    assert!(
+        !env.store
+            .exists("test_entity_type", &Eid::String("denied".into()))
+            .unwrap()
+    );
     let d = env
         .store
         .get_master("test_entity_type", &Eid::String("x-derived".into()))
         .unwrap()
         .expect("derived entity created by a hook output");
     assert_eq!(
-        d.get_document("test_attr_string").unwrap().get_str("v").unwrap(),
+        d.get_document("test_attr_string")
+            .unwrap()
+            .get_str("v")
+            .unwrap(),
         "from x"
     );
 }
@@ -214,7 +245,14 @@ fn invalid_hook_outputs_are_refused() {
                     ..Default::default()
                 },
                 task("y", vec![plain("y", "no_such_attr", Bson::Int32(1))]),
-                task("y", vec![plain("y", "test_attr_int", Bson::String("not an int".into()))]),
+                task(
+                    "y",
+                    vec![plain(
+                        "y",
+                        "test_attr_int",
+                        Bson::String("not an int".into()),
+                    )],
+                ),
             ]
         }
     }
@@ -224,7 +262,11 @@ fn invalid_hook_outputs_are_refused() {
     assert!(p.wait_idle(Duration::from_secs(10)));
     assert_eq!(p.stats().invalid_generated_tasks.get(), 3);
     assert_eq!(history_len(&*env.store, "a"), 1);
-    assert!(!env.store.exists("test_entity_type", &Eid::String("y".into())).unwrap());
+    assert!(
+        !env.store
+            .exists("test_entity_type", &Eid::String("y".into()))
+            .unwrap()
+    );
     p.shutdown(Duration::from_secs(5));
 }
 
@@ -235,7 +277,9 @@ fn inline_generated_tasks() {
     struct Chain;
     impl IngestionHooks for Chain {
         fn on_new_attr(&self, dp: &DataPoint) -> Vec<DataPointTask> {
-            let Bson::Int32(v) = dp.v else { return Vec::new() };
+            let Bson::Int32(v) = dp.v else {
+                return Vec::new();
+            };
             if dp.attr == "test_attr_history" && v < 5 {
                 let eid = dp.eid.to_string();
                 vec![task(&eid, vec![obs(&eid, v + 1, v as u32 + 1)])]
@@ -264,7 +308,14 @@ fn inline_generated_tasks() {
 #[test]
 fn replay_applies_unfinished_tasks_exactly_once() {
     let env = env();
-    let tasks: Vec<DataPointTask> = (0..20).map(|i| task(&format!("r{}", i % 5), vec![obs(&format!("r{}", i % 5), i, i as u32)])).collect();
+    let tasks: Vec<DataPointTask> = (0..20)
+        .map(|i| {
+            task(
+                &format!("r{}", i % 5),
+                vec![obs(&format!("r{}", i % 5), i, i as u32)],
+            )
+        })
+        .collect();
     env.log
         .append(&[NewRow {
             kind: RowKind::External,
@@ -285,7 +336,9 @@ fn replay_applies_unfinished_tasks_exactly_once() {
     assert!(p.wait_idle(Duration::from_secs(10)));
     assert_eq!(p.stats().tasks_replayed.get(), 20);
     p.shutdown(Duration::from_secs(5));
-    let total: usize = (0..5).map(|i| history_len(&*env.store, &format!("r{i}"))).sum();
+    let total: usize = (0..5)
+        .map(|i| history_len(&*env.store, &format!("r{i}")))
+        .sum();
     assert_eq!(total, 20);
     assert_eq!(history_len(&*env.store, "orphan"), 0);
     // restart: nothing left to do
@@ -293,7 +346,9 @@ fn replay_applies_unfinished_tasks_exactly_once() {
     assert!(p.wait_idle(Duration::from_secs(10)));
     assert_eq!(p.stats().tasks_replayed.get(), 0);
     p.shutdown(Duration::from_secs(5));
-    let total: usize = (0..5).map(|i| history_len(&*env.store, &format!("r{i}"))).sum();
+    let total: usize = (0..5)
+        .map(|i| history_len(&*env.store, &format!("r{i}")))
+        .sum();
     assert_eq!(total, 20);
     let _ = &env.data;
 }
@@ -319,13 +374,21 @@ fn backpressure_refuses_when_full() {
         },
     );
     let first = p
-        .submit((0..10).map(|i| task(&format!("s{i}"), vec![obs(&format!("s{i}"), 1, 0)])).collect())
+        .submit(
+            (0..10)
+                .map(|i| task(&format!("s{i}"), vec![obs(&format!("s{i}"), 1, 0)]))
+                .collect(),
+        )
         .unwrap();
     let refused = p.submit(vec![task("late", vec![obs("late", 1, 0)])]);
-    assert!(matches!(refused, Err(SubmitError::Overloaded { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(SubmitError::Overloaded { .. })),
+        "{refused:?}"
+    );
     first.blocking_recv().unwrap().unwrap();
     assert!(p.wait_idle(Duration::from_secs(20)));
-    p.submit(vec![task("late", vec![obs("late", 1, 0)])]).unwrap();
+    p.submit(vec![task("late", vec![obs("late", 1, 0)])])
+        .unwrap();
     assert!(p.wait_idle(Duration::from_secs(20)));
     p.shutdown(Duration::from_secs(5));
 }
@@ -342,6 +405,10 @@ fn delete_then_recreate() {
     submit(&p, vec![del, task("d", vec![obs("d", 2, 1)])]);
     assert!(p.wait_idle(Duration::from_secs(10)));
     p.shutdown(Duration::from_secs(5));
-    assert_eq!(history_len(&*env.store, "d"), 1, "only the datapoint after the delete");
+    assert_eq!(
+        history_len(&*env.store, "d"),
+        1,
+        "only the datapoint after the delete"
+    );
     assert_eq!(p.stats().entities_created.get(), 2);
 }

@@ -276,9 +276,9 @@ pub fn parse_ipv4(s: &str) -> Result<Ipv4Addr, EidParseError> {
 /// stored (DP3 loses it in storage too), so keeping it only in memory would make the routing
 /// key differ between the first task and every later one.
 pub fn parse_ipv6(s: &str) -> Result<Ipv6Addr, EidParseError> {
-    let addr = s.split_once('%').map_or(s, |(a, zone)| {
-        if zone.is_empty() { s } else { a }
-    });
+    let addr = s
+        .split_once('%')
+        .map_or(s, |(a, zone)| if zone.is_empty() { s } else { a });
     addr.parse::<Ipv6Addr>()
         .map_err(|_| EidParseError::new("ip_v6_address", "Input is not a valid IPv6 address"))
 }

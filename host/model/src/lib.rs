@@ -3,17 +3,17 @@
 //!
 //! This crate knows nothing about storage, HTTP or plugins; everything else builds on it.
 
+pub mod aggregate;
 pub mod config;
 pub mod cron;
+pub mod current;
 pub mod datatype;
 pub mod duration;
 pub mod eid;
 pub mod hash;
 pub mod history;
-pub mod spec;
-pub mod aggregate;
-pub mod current;
 pub mod schedule;
+pub mod spec;
 pub mod task;
 pub mod time;
 pub mod validate;

@@ -176,9 +176,8 @@ impl DataPointTask {
                 .iter()
                 .enumerate()
                 .map(|(i, item)| match item {
-                    Bson::Document(dp) => DataPoint::from_document(dp).map_err(|e| {
-                        decode_err(W, format!("data_points[{i}]: {}", e.reason))
-                    }),
+                    Bson::Document(dp) => DataPoint::from_document(dp)
+                        .map_err(|e| decode_err(W, format!("data_points[{i}]: {}", e.reason))),
                     _ => Err(decode_err(W, format!("data_points[{i}] is not a document"))),
                 })
                 .collect::<Result<_, _>>()?,
@@ -194,9 +193,9 @@ impl DataPointTask {
             Some(Bson::Document(t)) => Some(
                 t.iter()
                     .map(|(k, v)| {
-                        value::as_time(v)
-                            .map(|t| (k.clone(), t))
-                            .ok_or_else(|| decode_err(W, format!("ttl token '{k}' is not a datetime")))
+                        value::as_time(v).map(|t| (k.clone(), t)).ok_or_else(|| {
+                            decode_err(W, format!("ttl token '{k}' is not a datetime"))
+                        })
                     })
                     .collect::<Result<_, _>>()?,
             ),
@@ -253,7 +252,13 @@ mod tests {
     #[test]
     fn malformed_documents_are_errors_not_panics() {
         assert!(DataPointTask::from_document(&doc! {"etype": 1}).is_err());
-        assert!(DataPointTask::from_document(&doc! {"etype": "a", "eid": "x", "data_points": [1]}).is_err());
-        assert!(DataPointTask::from_document(&doc! {"etype": "a", "eid": "x", "ttl_tokens": {"a": 1}}).is_err());
+        assert!(
+            DataPointTask::from_document(&doc! {"etype": "a", "eid": "x", "data_points": [1]})
+                .is_err()
+        );
+        assert!(
+            DataPointTask::from_document(&doc! {"etype": "a", "eid": "x", "ttl_tokens": {"a": 1}})
+                .is_err()
+        );
     }
 }

@@ -83,9 +83,8 @@ impl FromStr for MacAddr {
                 )));
             }
             let hex = &s[pos..pos + 2];
-            *byte = u8::from_str_radix(hex, 16).map_err(|_| {
-                MacParseError(format!("invalid hex digits '{hex}' in MAC address"))
-            })?;
+            *byte = u8::from_str_radix(hex, 16)
+                .map_err(|_| MacParseError(format!("invalid hex digits '{hex}' in MAC address")))?;
             if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
                 return Err(MacParseError(format!(
                     "invalid hex digits '{hex}' in MAC address"
@@ -337,7 +336,10 @@ mod tests {
         assert_eq!(as_ipv6(&ipv4(a)), None);
         let m = MacAddr([1, 2, 3, 4, 5, 6]);
         assert_eq!(as_mac(&mac(m)), Some(m));
-        assert_eq!(to_api_json(&mac(m)), Json::String("01:02:03:04:05:06".into()));
+        assert_eq!(
+            to_api_json(&mac(m)),
+            Json::String("01:02:03:04:05:06".into())
+        );
     }
 
     #[test]

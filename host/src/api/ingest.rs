@@ -102,7 +102,8 @@ pub async fn post_datapoints(
                 .iter()
                 .filter_map(|i| i.loc.get(1).and_then(Json::as_u64))
                 .collect();
-            metrics::counter!("dp3_datapoints_rejected_total").increment(rejected.len().max(1) as u64);
+            metrics::counter!("dp3_datapoints_rejected_total")
+                .increment(rejected.len().max(1) as u64);
             metrics::counter!("dp3_requests_rejected_total").increment(1);
             if state.logger.logs_bad() {
                 let records: Vec<Json> = items

@@ -219,9 +219,13 @@ mod tests {
         let s = Scheduler::new(Arc::new(clock.clone()));
         let count = Arc::new(AtomicU64::new(0));
         let c = count.clone();
-        let id = s.add("tick", every_minute(), Arc::new(move || {
-            c.fetch_add(1, Ordering::SeqCst);
-        }));
+        let id = s.add(
+            "tick",
+            every_minute(),
+            Arc::new(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
         assert_eq!(id, 1);
         assert!(s.run_due(t0).is_empty());
         // on time
@@ -244,11 +248,15 @@ mod tests {
         let s = Scheduler::new(Arc::new(ManualClock::new(t0)));
         let gate = Arc::new(AtomicBool::new(false));
         let g = gate.clone();
-        s.add("slow", every_minute(), Arc::new(move || {
-            while !g.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }));
+        s.add(
+            "slow",
+            every_minute(),
+            Arc::new(move || {
+                while !g.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }),
+        );
         let t1 = Utc.with_ymd_and_hms(2025, 1, 1, 0, 1, 0).unwrap();
         assert_eq!(s.run_due(t1).len(), 1);
         let t2 = Utc.with_ymd_and_hms(2025, 1, 1, 0, 2, 0).unwrap();

@@ -49,7 +49,10 @@ fn rabbit_config(config: &dp3_model::config::Config) -> RabbitConfig {
 /// Serve the API until SIGINT/SIGTERM.
 pub fn api(args: &ApiArgs) -> anyhow::Result<()> {
     let config = load_config_dir(&args.config).map_err(|errors| {
-        anyhow::anyhow!("configuration {} is invalid:\n{errors}", args.config.display())
+        anyhow::anyhow!(
+            "configuration {} is invalid:\n{errors}",
+            args.config.display()
+        )
     })?;
     for w in &config.warnings {
         warn!("{w}");
@@ -105,7 +108,10 @@ pub fn api(args: &ApiArgs) -> anyhow::Result<()> {
 /// Declare DP3's exchanges and queues; print the queue depths.
 pub fn setup(args: &SetupArgs) -> anyhow::Result<()> {
     let config = load_config_dir(&args.config).map_err(|errors| {
-        anyhow::anyhow!("configuration {} is invalid:\n{errors}", args.config.display())
+        anyhow::anyhow!(
+            "configuration {} is invalid:\n{errors}",
+            args.config.display()
+        )
     })?;
     let rabbit = rabbit_config(&config);
     let runtime = tokio::runtime::Builder::new_current_thread()

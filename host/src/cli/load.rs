@@ -99,7 +99,10 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
         report.percentile(1.0)
     );
     if let Some(rss) = report.server_rss_bytes {
-        println!("server resident memory:     {:.1} MiB", rss as f64 / 1048576.0);
+        println!(
+            "server resident memory:     {:.1} MiB",
+            rss as f64 / 1048576.0
+        );
     }
     Ok(())
 }
@@ -123,7 +126,9 @@ pub fn generate_load(args: &LoadArgs, model: &ModelSpec) -> anyhow::Result<LoadR
     let mut rng = fastrand::Rng::with_seed(args.seed);
     let bodies: Vec<Arc<Vec<u8>>> = (0..pool_size)
         .map(|_| {
-            let batch: Vec<Value> = (0..args.batch).map(|_| generator.datapoint(&mut rng)).collect();
+            let batch: Vec<Value> = (0..args.batch)
+                .map(|_| generator.datapoint(&mut rng))
+                .collect();
             Arc::new(serde_json::to_vec(&batch).unwrap_or_default())
         })
         .collect();
@@ -303,7 +308,12 @@ impl Generator {
         match ty {
             EidType::String => json!(format!("e{n}")),
             EidType::Int => json!(n),
-            EidType::Ipv4 => json!(format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255)),
+            EidType::Ipv4 => json!(format!(
+                "10.{}.{}.{}",
+                (n >> 16) & 255,
+                (n >> 8) & 255,
+                n & 255
+            )),
             EidType::Ipv6 => json!(format!("2001:db8::{:x}", n)),
             EidType::Mac => json!(format!(
                 "02:00:00:{:02x}:{:02x}:{:02x}",
@@ -318,7 +328,8 @@ impl Generator {
         let (etype, eid_type, attrs) = &self.types[rng.usize(0..self.types.len())];
         let attr = &attrs[rng.usize(0..attrs.len())];
         let now = Utc::now();
-        let mut dp = json!({"type": etype, "id": self.eid(*eid_type, rng), "attr": attr.id, "src": "load"});
+        let mut dp =
+            json!({"type": etype, "id": self.eid(*eid_type, rng), "attr": attr.id, "src": "load"});
         match &attr.kind {
             AttrKind::Plain { data_type, .. } => {
                 dp["v"] = self.value(data_type, rng);
@@ -336,13 +347,17 @@ impl Generator {
                 timeseries_params,
             } => {
                 let n = 3usize;
-                let step = timeseries_params.time_step.unwrap_or(TimeDelta::seconds(60));
+                let step = timeseries_params
+                    .time_step
+                    .unwrap_or(TimeDelta::seconds(60));
                 let t1 = now - step * n as i32;
                 let mut v = serde_json::Map::new();
                 for (name, ty) in series {
                     let vals: Vec<Value> = (0..n)
                         .map(|i| match (name.as_str(), ty) {
-                            ("time" | "time_first", _) => json!((t1 + step * i as i32).to_rfc3339()),
+                            ("time" | "time_first", _) => {
+                                json!((t1 + step * i as i32).to_rfc3339())
+                            }
                             ("time_last", _) => json!((t1 + step * (i as i32 + 1)).to_rfc3339()),
                             (_, p) => self.value(&DataType::Primitive(*p), rng),
                         })
@@ -392,10 +407,7 @@ impl Generator {
             DataType::Dict(fields) => {
                 let mut m = serde_json::Map::new();
                 for f in fields {
-                    m.insert(
-                        f.name.clone(),
-                        self.value(&DataType::Primitive(f.ty), rng),
-                    );
+                    m.insert(f.name.clone(), self.value(&DataType::Primitive(f.ty), rng));
                 }
                 Value::Object(m)
             }
@@ -405,7 +417,6 @@ impl Generator {
 
 /// Fail early, naming the URL, when nothing answers there.
 fn check_reachable(url: &str) -> anyhow::Result<()> {
-    reqwest::blocking::get(url)
-        .with_context(|| format!("dp3 API at {url} is not reachable"))?;
+    reqwest::blocking::get(url).with_context(|| format!("dp3 API at {url} is not reachable"))?;
     Ok(())
 }

@@ -14,26 +14,26 @@ use dp3_store::sqlite::SqliteStore;
 use tracing::{error, info, warn};
 
 use crate::api::{self, ApiSettings, AppState};
+use crate::background::jobs::{BackgroundDeps, register_jobs};
+use crate::background::scheduler::JobFn;
 use crate::background::scheduler::{Scheduler, schedule_of};
+use crate::background::submit::submit_all;
+use crate::background::telemetry::SourceTelemetry;
 use crate::clock::{Clock, SystemClock};
 use crate::control::Control;
 use crate::metrics::{EntityCounts, HookMetrics, MetricsState, PipelineMetrics};
-use crate::background::jobs::{BackgroundDeps, register_jobs};
-use crate::background::scheduler::JobFn;
-use crate::background::submit::submit_all;
-use crate::background::telemetry::SourceTelemetry;
 use crate::pipeline::executor::HookSource;
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::plugins::{ModuleLoader, ModuleSource, RegistrySettings};
+use crate::queue::ControlAction;
+use crate::queue::accept_log::AcceptLog;
 use crate::snapshot::components::scan_partition;
+use crate::snapshot::{SnapShooter, SnapshotError};
 use crate::wiring::LiveHookSource;
 use dp3_model::schedule::{CronFields, CronSchedule};
 use dp3_model::{DataPointTask, Eid};
 use dp3_plugin_api::PlatformConfig;
 use dp3_plugin_api::host::TracingServices;
-use crate::queue::ControlAction;
-use crate::queue::accept_log::AcceptLog;
-use crate::snapshot::{SnapShooter, SnapshotError};
 
 /// Options of `dp3 run` (flags win over the configuration files).
 #[derive(Debug, Clone, clap::Args)]
@@ -155,8 +155,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         let shooter = snapshooter.clone();
         scheduler.add(
             "snapshots",
-            schedule_of(&config.snapshots.creation_rate)
-                .context("snapshots.yml: creation_rate")?,
+            schedule_of(&config.snapshots.creation_rate).context("snapshots.yml: creation_rate")?,
             Arc::new(move || run_snapshots(&shooter)),
         );
     }

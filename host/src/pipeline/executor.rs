@@ -16,7 +16,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use dp3_model::{AttrKind, AttrSpec, DataPoint, DataPointTask, Eid, EntityType, Lifetime, ModelSpec};
+use dp3_model::{
+    AttrKind, AttrSpec, DataPoint, DataPointTask, Eid, EntityType, Lifetime, ModelSpec,
+};
 use dp3_store::{Creation, EntityWrite, HistoryItem, LinkKey, LinkOp, Store, WriteOp};
 use tracing::{debug, warn};
 
@@ -171,7 +173,9 @@ impl Executor {
             }
         }
         self.stats.tasks_processed.inc();
-        self.stats.datapoints_processed.add(task.data_points.len() as u64);
+        self.stats
+            .datapoints_processed
+            .add(task.data_points.len() as u64);
         if new_entity {
             self.stats.entities_created.inc();
         }
@@ -329,8 +333,14 @@ mod tests {
         let d2 = TimeDelta::days(2);
         let h1 = TimeDelta::hours(1);
         assert_eq!(data_ttl(&attr("a", obs(Some(d2)), None), true), Some(d2));
-        assert_eq!(data_ttl(&attr("a", obs(Some(d2)), Some(h1)), true), Some(d2));
-        assert_eq!(data_ttl(&attr("a", obs(Some(d2)), Some(h1)), false), Some(h1));
+        assert_eq!(
+            data_ttl(&attr("a", obs(Some(d2)), Some(h1)), true),
+            Some(d2)
+        );
+        assert_eq!(
+            data_ttl(&attr("a", obs(Some(d2)), Some(h1)), false),
+            Some(h1)
+        );
         assert_eq!(data_ttl(&attr("a", obs(None), None), true), None);
     }
 

@@ -198,7 +198,10 @@ impl Pipeline {
         let state = writer::load_state(&*store, &cfg)?;
         let replayed = writer::replay(&shared, &state)?;
         if replayed > 0 {
-            info!(tasks = replayed, "replaying unfinished tasks from the accept log");
+            info!(
+                tasks = replayed,
+                "replaying unfinished tasks from the accept log"
+            );
         }
 
         let executor = Arc::new(Executor {
@@ -379,7 +382,9 @@ fn run_acceptor(shared: &Shared, rx: Receiver<Submission>) {
                 error!(error = %e, "cannot persist accepted tasks");
                 let err = SubmitError::Unavailable(e.to_string());
                 for sub in group {
-                    shared.in_flight.fetch_sub(sub.tasks.len(), Ordering::SeqCst);
+                    shared
+                        .in_flight
+                        .fetch_sub(sub.tasks.len(), Ordering::SeqCst);
                     let _ = sub.reply.send(Err(err.clone()));
                 }
             }

@@ -208,7 +208,11 @@ impl AcceptLog {
                 "INSERT INTO accepted (kind, priority, tasks) VALUES (?1, ?2, ?3)",
             )?;
             for row in new {
-                ins.execute(params![row.kind.code(), row.priority, encode_tasks(row.tasks)])?;
+                ins.execute(params![
+                    row.kind.code(),
+                    row.priority,
+                    encode_tasks(row.tasks)
+                ])?;
                 seqs.push(tx.last_insert_rowid() as u64);
             }
         }

@@ -30,10 +30,7 @@ pub fn linked_components(
     if used_links.is_empty() {
         return Ok(Vec::new());
     }
-    let using: Vec<String> = used_links
-        .iter()
-        .map(|(e, a)| format!("{e}#{a}"))
-        .collect();
+    let using: Vec<String> = used_links.iter().map(|(e, a)| format!("{e}#{a}")).collect();
     let entries = store.links_using(&using, time)?;
 
     // Union-find over member indices.
@@ -142,7 +139,11 @@ pub fn linked_components(
 
 /// The eids of a link value (`{eid}` or a list of them).
 pub fn link_eids(v: Option<&Bson>) -> Vec<Eid> {
-    let one = |b: &Bson| b.as_document().and_then(|d| d.get("eid")).and_then(Eid::from_bson);
+    let one = |b: &Bson| {
+        b.as_document()
+            .and_then(|d| d.get("eid"))
+            .and_then(Eid::from_bson)
+    };
     match v {
         Some(Bson::Array(items)) => items.iter().filter_map(one).collect(),
         Some(other) => one(other).into_iter().collect(),

@@ -25,8 +25,8 @@ use dp3_store::{LinkKey, Store};
 use parking_lot::Mutex;
 use tracing::{error, info, warn};
 
-use crate::clock::Clock;
 use crate::background::submit::submit_all;
+use crate::clock::Clock;
 use crate::queue::TaskSubmitter;
 use components::{Member, linked_components, scan_partition};
 use hooks::{SnapshotHookSource, SnapshotHooks};
@@ -100,10 +100,7 @@ impl SnapShooter {
         let started = Instant::now();
         let time = self.clock.now();
         let hooks = self.hooks.load();
-        let run_id = format!(
-            "SnapShooter{}w0",
-            time.format("%Y-%m-%dT%H:%M:%S%.6fZ")
-        );
+        let run_id = format!("SnapShooter{}w0", time.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
         self.store.insert_run_metadata(&doc! {
             "_id": &run_id,
             "#module": "SnapShooter",

@@ -537,6 +537,39 @@ fn aggregation_merges_trims_and_is_idempotent() {
     );
 }
 
+/// DP3 averages merged confidences per run only (1.0 and 0.0 → 0.5, then with another 0.0 →
+/// 0.25). The merge count is stored with the item, so the second run gives the true mean 1/3.
+#[test]
+fn aggregation_confidence_is_the_true_mean_across_runs() {
+    let env = env();
+    let t0 = env.t0;
+    let m = |x: i64| env.at(x);
+    put_entity(&*env.store, "sensor", Eid::Int(9), t0, |w| {
+        w.history
+            .push(("reading".into(), item(m(0), m(1), Bson::Int32(1), 1.0)));
+        w.history
+            .push(("reading".into(), item(m(2), m(3), Bson::Int32(1), 0.0)));
+    });
+    env.clock.set(m(180));
+    let hm = env.history();
+    hm.aggregate_all().unwrap();
+    let h = history(&env.master("sensor", Eid::Int(9)).unwrap(), "reading");
+    assert_eq!(h, vec![(m(0), m(3), Bson::Int32(1), Some(0.5))]);
+
+    put_entity(&*env.store, "sensor", Eid::Int(9), t0, |w| {
+        w.history
+            .push(("reading".into(), item(m(4), m(5), Bson::Int32(1), 0.0)));
+    });
+    hm.aggregate_all().unwrap();
+    let h = history(&env.master("sensor", Eid::Int(9)).unwrap(), "reading");
+    assert_eq!(h.len(), 1, "{h:?}");
+    let c = h[0].3.unwrap();
+    assert!(
+        (c - 1.0 / 3.0).abs() < 1e-9,
+        "confidence {c} (DP3 would give 0.25)"
+    );
+}
+
 #[test]
 fn max_age_cleanup_trims_observations_and_timeseries() {
     let env = env();

@@ -29,7 +29,7 @@ use bson::{Bson, Document, doc};
 use chrono::{DateTime, TimeDelta, Utc};
 use dp3_model::aggregate::{AggregatedItem, Aggregation, aggregate, trim_history};
 use dp3_model::value::{as_int, as_time, time as bson_time};
-use dp3_model::{AttrKind, Eid, EntityType, HistoryItem, ModelSpec};
+use dp3_model::{AttrKind, Eid, EntityType, ModelSpec};
 use dp3_store::{MasterScan, Store};
 use tracing::{debug, info, warn};
 
@@ -299,7 +299,7 @@ fn new_histories(
     attrs: &[String],
     record: &Document,
     now: DateTime<Utc>,
-) -> Result<Vec<(String, Vec<HistoryItem>)>> {
+) -> Result<Vec<(String, Vec<AggregatedItem>)>> {
     let mut changes = Vec::new();
     for attr in attrs {
         let Some(spec) = et.attribs.get(attr) else {
@@ -329,10 +329,8 @@ fn new_histories(
         // hides items from current values (dp3_model::current::is_expired), it never deletes.
         let trimmed = trim_history(&merged.items, None, h.max_items, None, now);
         if merged.changed || trimmed.removed > 0 {
-            changes.push((
-                attr.clone(),
-                trimmed.kept.into_iter().map(|a| a.item).collect(),
-            ));
+            // merge counts travel with the items, so the next run's mean stays exact
+            changes.push((attr.clone(), trimmed.kept));
         }
     }
     Ok(changes)

@@ -57,8 +57,8 @@ use bson::{Bson, Document, doc};
 use chrono::{DateTime, Utc};
 use dp3_model::{Eid, ModelSpec};
 use dp3_store::{
-    ApplyStats, HistoryItem, LinkEntry, LinkKey, MasterScan, RawQuery, Result, RunMetadataQuery,
-    SnapshotQuery, Store, StoreError, WriteBatch,
+    ApplyStats, LinkEntry, LinkKey, MasterScan, RawQuery, Result, RunMetadataQuery, SnapshotQuery,
+    Store, StoreError, WriteBatch,
 };
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Database};
@@ -454,7 +454,7 @@ impl Store for MongoStore {
         etype: &str,
         eid: &Eid,
         expected_revision: i64,
-        histories: &[(String, Vec<HistoryItem>)],
+        histories: &[(String, Vec<dp3_model::aggregate::AggregatedItem>)],
     ) -> Result<bool> {
         names::check_etype(etype)?;
         self.run(async {

@@ -3,7 +3,7 @@
 use bson::{Bson, Document, doc};
 use chrono::{DateTime, Utc};
 use dp3_model::{Eid, value};
-use dp3_store::{HistoryItem, MasterScan, RawQuery, Result, StoreError};
+use dp3_store::{MasterScan, RawQuery, Result, StoreError};
 
 use crate::command::{Cx, Find, WriteCommand, WriteKind};
 use crate::names::{self, check_attr};
@@ -92,7 +92,7 @@ pub async fn replace_histories(
     etype: &str,
     eid: &Eid,
     expected_revision: i64,
-    histories: &[(String, Vec<HistoryItem>)],
+    histories: &[(String, Vec<dp3_model::aggregate::AggregatedItem>)],
 ) -> Result<bool> {
     let u = replace_histories_update(histories)?;
     let mut cmd = WriteCommand::new(names::master(etype), WriteKind::Update);

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use bson::{Bson, Document, doc};
+use dp3_model::aggregate::AggregatedItem;
 use dp3_model::value;
 use dp3_store::{EntityWrite, HistoryItem, Result, StoreError};
 
@@ -106,7 +107,7 @@ pub fn master_update(writes: &[&EntityWrite]) -> Result<Option<(Document, u64)>>
 }
 
 /// `replace_histories`: new arrays with their exact `#min_t2s`, emptied histories removed.
-pub fn replace_histories_update(histories: &[(String, Vec<HistoryItem>)]) -> Result<Document> {
+pub fn replace_histories_update(histories: &[(String, Vec<AggregatedItem>)]) -> Result<Document> {
     let mut set = Document::new();
     let mut unset = Document::new();
     for (attr, items) in histories {
@@ -117,12 +118,10 @@ pub fn replace_histories_update(histories: &[(String, Vec<HistoryItem>)]) -> Res
         set.remove(&key);
         unset.remove(attr);
         unset.remove(&key);
-        match items.iter().map(|i| i.t2).min() {
+        match items.iter().map(|i| i.item.t2).min() {
             Some(t2) => {
-                let list: Vec<Bson> = items
-                    .iter()
-                    .map(|i| Bson::Document(history_item(i)))
-                    .collect();
+                // merge counts above 1 are kept as `#n`, as the aggregation reads them back
+                let list: Vec<Bson> = items.iter().map(AggregatedItem::to_bson).collect();
                 set.insert(attr.as_str(), list);
                 set.insert(key, value::time(t2));
             }
@@ -271,7 +270,13 @@ mod tests {
         let u = replace_histories_update(&[
             (
                 "o".into(),
-                vec![item(0, 5, 1, Some(1.0)), item(0, 2, 1, Some(1.0))],
+                vec![
+                    AggregatedItem::single(item(0, 5, 1, Some(1.0))),
+                    AggregatedItem {
+                        item: item(0, 2, 1, Some(1.0)),
+                        count: 3,
+                    },
+                ],
             ),
             ("k".into(), vec![]),
         ])
@@ -282,7 +287,7 @@ mod tests {
                 "$set": {
                     "o": [
                         {"t1": value::time(at(0)), "t2": value::time(at(5)), "v": 1, "c": 1.0},
-                        {"t1": value::time(at(0)), "t2": value::time(at(2)), "v": 1, "c": 1.0},
+                        {"t1": value::time(at(0)), "t2": value::time(at(2)), "v": 1, "c": 1.0, "#n": 3_i64},
                     ],
                     "#min_t2s.o": value::time(at(2)),
                 },

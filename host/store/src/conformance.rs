@@ -8,6 +8,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bson::{Bson, Document, doc};
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use dp3_model::aggregate::AggregatedItem;
 use dp3_model::{DataPoint, Eid, HistoryItem, value};
 
 use crate::Store;
@@ -407,7 +408,13 @@ fn replace_histories(store: &dyn Store) {
         .and_then(value::as_int)
         .expect("rev");
     let merged = vec![
-        ("o".to_string(), vec![obs(0, 2, 1, 1.0)]),
+        (
+            "o".to_string(),
+            vec![AggregatedItem {
+                item: obs(0, 2, 1, 1.0),
+                count: 2,
+            }],
+        ),
         ("k".to_string(), vec![]),
     ];
     assert!(
@@ -427,6 +434,9 @@ fn replace_histories(store: &dyn Store) {
     );
     let m = master(store, "H", &e);
     assert_eq!(m.get_array("o").expect("o").len(), 1);
+    // the merge count is kept for the next aggregation run
+    let merged_item = AggregatedItem::from_bson(&m.get_array("o").expect("o")[0]).expect("item");
+    assert_eq!(merged_item.count, 2, "{m}");
     assert!(!m.contains_key("k"), "emptied history removed: {m}");
     let min = m.get_document("#min_t2s").expect("min");
     assert_eq!(min.get("o"), Some(&value::time(at(2))));

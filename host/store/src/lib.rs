@@ -73,13 +73,15 @@ pub trait Store: Send + Sync {
     /// Replace the history arrays of the given attributes of one record, but only if its
     /// `#revision` still equals `expected_revision` (optimistic concurrency, used by history
     /// aggregation and cleanup). An empty array removes the attribute and its `#min_t2s`.
+    /// Merge counts above 1 are kept (read back as `#n` on the item) so that the next
+    /// aggregation run computes the true weighted mean of confidences.
     /// Returns false on a revision conflict or if the record is gone.
     fn replace_histories(
         &self,
         etype: &str,
         eid: &Eid,
         expected_revision: i64,
-        histories: &[(String, Vec<HistoryItem>)],
+        histories: &[(String, Vec<dp3_model::aggregate::AggregatedItem>)],
     ) -> Result<bool>;
 
     /// Delete history items with `t2 < older_than` of one attribute in every record of the

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use bson::{Bson, Document};
 use chrono::{DateTime, Utc};
+use dp3_model::aggregate::{AggregatedItem, MERGE_COUNT_KEY};
 use dp3_model::{Eid, HistoryItem, value};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -270,7 +271,7 @@ fn assemble(
     {
         let mut stmt = conn
             .prepare_cached(
-                "SELECT attr, t1, t2, c, v FROM history WHERE entity = ?1 ORDER BY attr, seq",
+                "SELECT attr, t1, t2, c, v, n FROM history WHERE entity = ?1 ORDER BY attr, seq",
             )
             .db()?;
         let mut rows = stmt.query([row.id]).db()?;
@@ -299,6 +300,9 @@ fn assemble(
             );
             if let Some(c) = r.get::<_, Option<f64>>(3).db()? {
                 item.insert("c", c);
+            }
+            if let Some(n) = r.get::<_, Option<i64>>(5).db()?.filter(|n| *n > 1) {
+                item.insert(MERGE_COUNT_KEY, n);
             }
             if let Some((_, items)) = current.as_mut() {
                 items.push(Bson::Document(item));
@@ -429,7 +433,7 @@ pub fn replace_histories(
     etype: &str,
     eid: &Eid,
     expected_revision: i64,
-    histories: &[(String, Vec<HistoryItem>)],
+    histories: &[(String, Vec<AggregatedItem>)],
 ) -> Result<bool> {
     let et = names.require(conn, etype)?;
     let key = eid_key(eid);
@@ -448,7 +452,13 @@ pub fn replace_histories(
             .db()?;
         for item in items {
             seq += 1;
-            insert_history(conn, row.id, at, seq, item)?;
+            insert_history(conn, row.id, at, seq, &item.item)?;
+            if item.count > 1 {
+                conn.prepare_cached("UPDATE history SET n = ?1 WHERE seq = ?2")
+                    .db()?
+                    .execute(params![i64::try_from(item.count).unwrap_or(i64::MAX), seq])
+                    .db()?;
+            }
         }
         refresh_min_t2(conn, &mut row, at, attr)?;
     }

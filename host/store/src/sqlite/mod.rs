@@ -28,6 +28,7 @@ use std::time::Duration;
 use bson::Document;
 use chrono::{DateTime, Utc};
 use dp3_model::Eid;
+use dp3_model::aggregate::AggregatedItem;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::Store;
@@ -204,7 +205,7 @@ impl Store for SqliteStore {
         etype: &str,
         eid: &Eid,
         expected_revision: i64,
-        histories: &[(String, Vec<HistoryItem>)],
+        histories: &[(String, Vec<AggregatedItem>)],
     ) -> Result<bool> {
         {
             let conn = lock(&self.writer);

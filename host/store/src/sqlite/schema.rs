@@ -9,7 +9,7 @@ use crate::error::{Result, StoreError};
 /// `PRAGMA application_id` of a dp3-rs store ("DP3R").
 pub const APPLICATION_ID: i32 = 0x4450_3352;
 /// `PRAGMA user_version`: bump with a migration when the layout changes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// All tables. Per-entity tables are keyed `(etype, ekey, ...)` WITHOUT ROWID so one
 /// entity's rows are clustered, except `history`: its rows are appended in `seq` (arrival)
@@ -33,7 +33,8 @@ CREATE TABLE plain(
     PRIMARY KEY(etype, ekey, attr)) WITHOUT ROWID;
 CREATE TABLE history(
     seq INTEGER PRIMARY KEY, entity INTEGER NOT NULL, attr INTEGER NOT NULL,
-    t1 INTEGER NOT NULL, t2 INTEGER NOT NULL, c REAL, v BLOB NOT NULL);
+    t1 INTEGER NOT NULL, t2 INTEGER NOT NULL, c REAL, v BLOB NOT NULL,
+    n INTEGER);
 CREATE INDEX history_key ON history(entity, attr);
 CREATE TABLE raw(
     id INTEGER PRIMARY KEY, etype INTEGER NOT NULL, ekey BLOB NOT NULL, attr INTEGER NOT NULL,
@@ -114,9 +115,15 @@ pub fn ensure_schema(conn: &mut Connection, path: &Path) -> Result<()> {
 }
 
 fn check_version(conn: &Connection, path: &Path) -> Result<()> {
-    let version: i32 = conn
+    let mut version: i32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| open_err(path, e))?;
+    if version == 2 {
+        // v3: history rows carry the aggregation merge count `n` (NULL = 1).
+        conn.execute_batch("ALTER TABLE history ADD COLUMN n INTEGER; PRAGMA user_version = 3;")
+            .map_err(|e| open_err(path, format!("cannot migrate the store to version 3 ({e})")))?;
+        version = 3;
+    }
     if version != SCHEMA_VERSION {
         return Err(open_err(
             path,

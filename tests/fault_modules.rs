@@ -19,33 +19,12 @@ use std::time::Duration;
 use common::{Dp3, copy_dir, dp3_bin, dp3_test_config, repo_root};
 use serde_json::json;
 
-fn library(name: &str) -> PathBuf {
-    let file = format!(
-        "{}{name}{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    [deps.join(&file), deps.parent().unwrap().join(&file)]
-        .into_iter()
-        .filter_map(|p| {
-            std::fs::metadata(&p)
-                .and_then(|m| m.modified())
-                .ok()
-                .map(|t| (t, p))
-        })
-        .max()
-        .map(|(_, p)| p)
-        .unwrap_or_else(|| panic!("{file} not built next to {}", exe.display()))
-}
-
 /// Put `module`'s library into `cfg/modules` (mode `lib_mode`, directory `dir_mode`) and
 /// enable only it.
 fn enable_module(cfg: &Path, module: &str, lib_mode: u32, dir_mode: u32) -> PathBuf {
     let modules = cfg.join("modules");
     std::fs::create_dir_all(&modules).unwrap();
-    let src = library(module);
+    let src = common::example_library(module);
     let lib = modules.join(src.file_name().unwrap());
     std::fs::copy(&src, &lib).unwrap();
     std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(lib_mode)).unwrap();

@@ -18,6 +18,9 @@ enum Command {
     Run(dp3::cli::run::RunArgs),
     /// Serve only the HTTP API; tasks are published to RabbitMQ (multi-process deployments).
     Api(dp3::cli::api::ApiArgs),
+    /// Run worker INDEX of a multi-process deployment: consume its RabbitMQ task queues and
+    /// apply them to the shared store (worker 0 also runs snapshots and background jobs).
+    Worker(dp3::cli::worker::WorkerArgs),
     /// Declare DP3's RabbitMQ exchanges and queues for `worker_processes` workers.
     RabbitmqSetup(dp3::cli::api::SetupArgs),
     /// Generate load against a running dp3 and report throughput and latency.
@@ -37,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => dp3::cli::run::run(&args),
         Command::Load(args) => dp3::cli::load::run(&args),
         Command::Api(args) => dp3::cli::api::api(&args),
+        Command::Worker(args) => dp3::cli::worker::worker(&args),
         Command::RabbitmqSetup(args) => dp3::cli::api::setup(&args),
     }
 }

@@ -3,4 +3,6 @@
 pub mod api;
 pub mod check;
 pub mod load;
+pub mod platform;
 pub mod run;
+pub mod worker;

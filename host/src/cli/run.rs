@@ -11,29 +11,21 @@ use anyhow::{Context, bail};
 use dp3_model::config::{Config, DatabaseBackend, load_config_dir};
 use dp3_store::Store;
 use dp3_store::sqlite::SqliteStore;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
+use super::platform::{
+    EntityRefresher, Modules, allowed_actions, control_handler, register_module_jobs,
+    run_snapshots, start_modules,
+};
 use crate::api::{self, ApiSettings, AppState};
 use crate::background::jobs::{BackgroundDeps, register_jobs};
-use crate::background::scheduler::JobFn;
 use crate::background::scheduler::{Scheduler, schedule_of};
-use crate::background::submit::submit_all;
-use crate::background::telemetry::SourceTelemetry;
 use crate::clock::{Clock, SystemClock};
 use crate::control::Control;
 use crate::metrics::{EntityCounts, HookMetrics, MetricsState, PipelineMetrics};
-use crate::pipeline::executor::HookSource;
 use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::plugins::{ModuleLoader, ModuleSource, RegistrySettings};
-use crate::queue::ControlAction;
 use crate::queue::accept_log::AcceptLog;
-use crate::snapshot::components::scan_partition;
-use crate::snapshot::{SnapShooter, SnapshotError};
-use crate::wiring::LiveHookSource;
-use dp3_model::schedule::{CronFields, CronSchedule};
-use dp3_model::{DataPointTask, Eid};
-use dp3_plugin_api::PlatformConfig;
-use dp3_plugin_api::host::TracingServices;
+use crate::snapshot::SnapShooter;
 
 /// Options of `dp3 run` (flags win over the configuration files).
 #[derive(Debug, Clone, clap::Args)]
@@ -73,59 +65,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
     let pc = &config.processing_core;
-
-    // Modules: load every enabled module (startup fails listing every problem), then watch
-    // the modules directory and the module configs for hot reload / config refresh.
-    let services = TracingServices::default();
-    let module_values = services.metrics.clone();
-    let loader = Arc::new(ModuleLoader::new(
-        model.clone(),
-        RegistrySettings {
-            update_batch_period: config.updater.update_batch_period.to_std().ok(),
-            ..RegistrySettings::default()
-        },
-        ModuleSource {
-            modules_dir: pc.modules_dir.clone(),
-            enabled_modules: pc.enabled_modules.clone(),
-            config_dir: config.config_dir.clone(),
-            state_dir: args.data.clone(),
-            platform: PlatformConfig {
-                app_name: app_name(),
-                config_dir: config.config_dir.clone(),
-                num_processes: pc.worker_processes,
-                process_index: 0,
-            },
-            services: Arc::new(services),
-            check_permissions: true,
-            max_generations: 16,
-        },
-    ));
-    loader.load_all().map_err(|errors| {
-        anyhow::anyhow!(
-            "modules could not be loaded:\n{}",
-            errors
-                .iter()
-                .map(|e| format!("  {e}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
-    let _watcher = if pc.enabled_modules.is_empty() {
-        None
-    } else {
-        match loader.watch(Duration::from_millis(500)) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                warn!("hot reload disabled: {e}");
-                None
-            }
-        }
-    };
-    let telemetry = Arc::new(SourceTelemetry::new());
-    let hooks = LiveHookSource {
-        live: loader.live().clone(),
-        telemetry: Some(telemetry.clone()),
-    };
+    let modules = start_modules(&config, &model, &args.data, 0)?;
+    let Modules {
+        loader,
+        hooks,
+        telemetry,
+        module_values,
+        watcher: _watcher,
+    } = &modules;
+    let (loader, hooks, telemetry) = (loader.clone(), hooks.clone(), telemetry.clone());
 
     let pipeline = Arc::new(Pipeline::start(
         PipelineConfig {
@@ -171,36 +119,22 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         },
     )?;
     let stopping = Arc::new(AtomicBool::new(false));
-    register_module_jobs(&scheduler, &loader, &pipeline, &stopping);
+    register_module_jobs(&scheduler, &loader, pipeline.clone(), &stopping);
 
-    let control = {
-        let shooter = snapshooter.clone();
-        let loader = loader.clone();
-        let refresher = EntityRefresher {
-            store: store.clone(),
-            hooks: hooks.clone(),
-            submitter: pipeline.clone(),
-            stop: stopping.clone(),
-        };
-        Arc::new(Control::start(
-            config
-                .control
-                .allowed_actions
-                .iter()
-                .map(|a| a.name().to_owned())
-                .collect(),
-            Arc::new(move |action: &ControlAction| match action {
-                ControlAction::MakeSnapshots => run_snapshots(&shooter),
-                ControlAction::RefreshModuleConfig { module } => {
-                    match loader.refresh_config(module) {
-                        Ok(()) => info!(%module, "module configuration refreshed"),
-                        Err(e) => warn!("refresh_module_config failed: {e}"),
-                    }
-                }
-                ControlAction::RefreshOnEntityCreation { etype } => refresher.run(etype),
-            }),
-        )?)
-    };
+    let control = Arc::new(Control::start(
+        allowed_actions(&config),
+        control_handler(
+            Some(snapshooter.clone()),
+            loader.clone(),
+            EntityRefresher {
+                store: store.clone(),
+                hooks: hooks.clone(),
+                submitter: pipeline.clone(),
+                partition: (0, 1),
+                stop: stopping.clone(),
+            },
+        ),
+    )?);
 
     let metrics = {
         let p = pipeline.clone();
@@ -216,7 +150,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             Arc::new(HookMetrics {
                 stats: loader.stats().clone(),
                 live: loader.live().clone(),
-                module_values,
+                module_values: module_values.clone(),
             }),
         ])?
     };
@@ -342,104 +276,3 @@ pub fn app_name() -> String {
     std::env::var("APP_NAME").unwrap_or_else(|_| "dp3".into())
 }
 
-/// Modules' `scheduler_register` jobs of the generation loaded at start. Their outputs are
-/// submitted as normal tasks (DP3 offers no task path for cron jobs; we do).
-fn register_module_jobs(
-    scheduler: &Scheduler,
-    loader: &ModuleLoader,
-    submitter: &Arc<Pipeline>,
-    stop: &Arc<AtomicBool>,
-) {
-    for job in loader.live().load().scheduler_jobs() {
-        let name = format!("{}.{}", job.module, job.name);
-        let run = job.run.clone();
-        let (submitter, stop) = (submitter.clone(), stop.clone());
-        let body: JobFn = Arc::new(move || {
-            let tasks = run();
-            if let Err(e) = submit_all(&*submitter, tasks, &stop) {
-                warn!(error = %e, "outputs of a module job were not queued");
-            }
-        });
-        match job.schedule {
-            Some(c) => {
-                let fields = CronFields {
-                    year: c.year,
-                    month: c.month,
-                    day: c.day,
-                    week: c.week,
-                    day_of_week: c.day_of_week,
-                    hour: c.hour,
-                    minute: c.minute,
-                    second: c.second,
-                    timezone: c.timezone,
-                };
-                match CronSchedule::parse(&fields) {
-                    Ok(schedule) => {
-                        scheduler.add_with_grace(
-                            name,
-                            schedule,
-                            body,
-                            chrono::TimeDelta::from_std(job.misfire_grace_time)
-                                .unwrap_or(chrono::TimeDelta::seconds(1)),
-                        );
-                    }
-                    Err(e) => warn!(job = %name, error = %e, "module job not scheduled"),
-                }
-            }
-            None => {
-                // run once at start
-                std::thread::spawn(move || body());
-            }
-        }
-    }
-}
-
-/// `refresh_on_entity_creation` (core.md §7): re-run the creation hooks of every entity of a
-/// type with a synthetic empty task; outputs become tasks.
-struct EntityRefresher {
-    store: Arc<dyn Store>,
-    hooks: LiveHookSource,
-    submitter: Arc<Pipeline>,
-    stop: Arc<AtomicBool>,
-}
-
-impl EntityRefresher {
-    fn run(&self, etype: &str) {
-        let hooks = HookSource::load(&self.hooks);
-        let mut out = Vec::new();
-        let mut count = 0u64;
-        let res = scan_partition(&*self.store, etype, (0, 1), |page| {
-            for master in page {
-                let Some(eid) = master.get("_id").and_then(Eid::from_bson) else {
-                    continue;
-                };
-                let task = DataPointTask {
-                    etype: etype.to_owned(),
-                    eid: eid.clone(),
-                    ..Default::default()
-                };
-                out.extend(hooks.on_entity_creation(etype, &eid, &task));
-                count += 1;
-            }
-            Ok(())
-        });
-        if let Err(e) = res {
-            warn!(%etype, error = %e, "refresh_on_entity_creation failed");
-        }
-        info!(%etype, entities = count, tasks = out.len(), "creation hooks re-run");
-        if let Err(e) = submit_all(&*self.submitter, out, &self.stop) {
-            warn!(error = %e, "outputs of refresh_on_entity_creation were not queued");
-        }
-    }
-}
-
-/// A snapshot run from the scheduler or the control channel.
-fn run_snapshots(shooter: &SnapShooter) {
-    match shooter.run() {
-        Ok(_) => {}
-        Err(SnapshotError::AlreadyRunning) => {
-            info!("snapshot run requested while one is running; skipped")
-        }
-        Err(e) => error!(error = %e, "snapshot run failed"),
-    }
-}

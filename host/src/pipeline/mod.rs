@@ -22,7 +22,11 @@
 //!
 //! Backpressure: at most `max_in_flight` tasks may be accepted but not yet applied; beyond
 //! that `submit` fails with [`SubmitError::Overloaded`] (HTTP 503 + Retry-After).
+//!
+//! Broker mode ([`Pipeline::start_worker`], `dp3 worker`) replaces the accept log by
+//! RabbitMQ: see [`broker`].
 
+pub mod broker;
 pub mod executor;
 pub mod hooks;
 pub mod staging;
@@ -45,8 +49,10 @@ use tracing::{error, info, warn};
 use crate::clock::Clock;
 use crate::queue::accept_log::{AcceptLog, AcceptLogError, NewRow, RowKind};
 use crate::queue::{Accepted, SubmitError, TaskSubmitter};
+use broker::{BrokerIntake, BrokerLink, BrokerSettlement, Delivery};
 use executor::{Executor, HookSource};
-use staging::{Completion, Staging, TaskOutput};
+use staging::{Completion, MessageTag, Staging, TaskOutput};
+use writer::{LogSettlement, Settlement};
 pub use stats::PipelineStats;
 
 /// Tuning of the pipeline.
@@ -83,7 +89,20 @@ impl Default for PipelineConfig {
 struct Work {
     priority: bool,
     position: staging::Position,
+    /// Broker mode: the message's identity (hook outputs derive theirs from it).
+    origin: Option<MessageTag>,
     task: DataPointTask,
+}
+
+/// Where tasks come from and what keeps them until they are applied.
+pub enum Intake {
+    /// `dp3 run`: the HTTP API through the durable accept log.
+    AcceptLog(Arc<AcceptLog>),
+    /// `dp3 worker`: RabbitMQ deliveries of worker `worker`'s queues.
+    Broker {
+        link: Arc<dyn BrokerLink>,
+        worker: u32,
+    },
 }
 
 /// A batch of tasks waiting for the acceptor.
@@ -96,7 +115,10 @@ struct Submission {
 struct Shared {
     cfg: PipelineConfig,
     store: Arc<dyn Store>,
-    accept_log: Arc<AcceptLog>,
+    /// `dp3 run` mode (`None` in broker mode).
+    accept_log: Option<Arc<AcceptLog>>,
+    /// Broker mode (`None` with the accept log).
+    broker: Option<Arc<BrokerIntake>>,
     staging: Arc<Staging>,
     stats: Arc<PipelineStats>,
     model: Arc<ModelSpec>,
@@ -169,6 +191,45 @@ impl Pipeline {
         hooks: Arc<dyn HookSource>,
         clock: Arc<dyn Clock>,
     ) -> Result<Pipeline, PipelineError> {
+        Self::start_with(
+            cfg,
+            model,
+            store,
+            Intake::AcceptLog(accept_log),
+            hooks,
+            clock,
+        )
+    }
+
+    /// Start in broker mode: lanes and writer only; tasks come in through
+    /// [`Pipeline::deliver`] and are acknowledged through `link` once applied.
+    pub fn start_worker(
+        cfg: PipelineConfig,
+        model: Arc<ModelSpec>,
+        store: Arc<dyn Store>,
+        link: Arc<dyn BrokerLink>,
+        worker: u32,
+        hooks: Arc<dyn HookSource>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Pipeline, PipelineError> {
+        Self::start_with(
+            cfg,
+            model,
+            store,
+            Intake::Broker { link, worker },
+            hooks,
+            clock,
+        )
+    }
+
+    fn start_with(
+        cfg: PipelineConfig,
+        model: Arc<ModelSpec>,
+        store: Arc<dyn Store>,
+        intake: Intake,
+        hooks: Arc<dyn HookSource>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Pipeline, PipelineError> {
         let lane_count = (cfg.shards.max(1) * cfg.threads.max(1)) as usize;
         let mut senders = Vec::with_capacity(lane_count);
         let mut receivers = Vec::with_capacity(lane_count);
@@ -180,10 +241,18 @@ impl Pipeline {
         }
         let staging = Arc::new(Staging::new());
         let stats = Arc::new(PipelineStats::default());
+        let (accept_log, broker) = match intake {
+            Intake::AcceptLog(log) => (Some(log), None),
+            Intake::Broker { link, worker } => (
+                None,
+                Some(Arc::new(BrokerIntake::open(&*store, link, worker)?)),
+            ),
+        };
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             store: store.clone(),
-            accept_log,
+            accept_log: accept_log.clone(),
+            broker: broker.clone(),
             staging: staging.clone(),
             stats: stats.clone(),
             model: model.clone(),
@@ -195,14 +264,22 @@ impl Pipeline {
             unavailable: Mutex::new(None),
         });
 
-        let state = writer::load_state(&*store, &cfg)?;
-        let replayed = writer::replay(&shared, &state)?;
-        if replayed > 0 {
-            info!(
-                tasks = replayed,
-                "replaying unfinished tasks from the accept log"
-            );
-        }
+        let settlement: Box<dyn Settlement> = match (&accept_log, &broker) {
+            (Some(log), _) => {
+                let state = writer::load_state(&*store, &cfg)?;
+                let replayed = writer::replay(&shared, log, &state)?;
+                if replayed > 0 {
+                    info!(
+                        tasks = replayed,
+                        "replaying unfinished tasks from the accept log"
+                    );
+                }
+                Box::new(LogSettlement::new(log.clone(), &cfg, &state))
+            }
+            // The broker redelivers whatever was not acknowledged.
+            (None, Some(intake)) => Box::new(BrokerSettlement::new(intake.clone())),
+            (None, None) => unreachable!("an intake is always set"),
+        };
 
         let executor = Arc::new(Executor {
             model,
@@ -230,25 +307,63 @@ impl Pipeline {
             let stop = writer_stop.clone();
             std::thread::Builder::new()
                 .name("dp3-writer".into())
-                .spawn(move || writer::run(&shared, state, &stop))?
+                .spawn(move || writer::run(&shared, settlement, &stop))?
         };
 
-        let (submit_tx, submit_rx) = crossbeam_channel::unbounded();
-        let acceptor = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("dp3-acceptor".into())
-                .spawn(move || run_acceptor(&shared, submit_rx))?
+        // Only the accept log takes submissions; a worker's tasks come from the broker.
+        let (submit_tx, acceptor) = match accept_log {
+            Some(log) => {
+                let (submit_tx, submit_rx) = crossbeam_channel::unbounded();
+                let shared = shared.clone();
+                let acceptor = std::thread::Builder::new()
+                    .name("dp3-acceptor".into())
+                    .spawn(move || run_acceptor(&shared, &log, submit_rx))?;
+                (Some(submit_tx), Some(acceptor))
+            }
+            None => (None, None),
         };
 
         Ok(Pipeline {
             shared,
-            submit_tx: Mutex::new(Some(submit_tx)),
-            acceptor: Mutex::new(Some(acceptor)),
+            submit_tx: Mutex::new(submit_tx),
+            acceptor: Mutex::new(acceptor),
             lanes: Mutex::new(lanes),
             writer: Mutex::new(Some(writer)),
             writer_stop,
         })
+    }
+
+    /// Broker mode: queue one delivered task, blocking while `max_in_flight` tasks are
+    /// waiting (the broker's prefetch window then fills and it stops delivering). Copies of
+    /// applied or in-flight messages are acknowledged and skipped. Returns false when the
+    /// pipeline is stopping (the delivery stays unacknowledged and is redelivered).
+    pub fn deliver(&self, delivery: Delivery) -> bool {
+        let shared = &self.shared;
+        let Some(intake) = &shared.broker else {
+            error!("deliver() called on a pipeline without a broker intake");
+            return false;
+        };
+        while shared.in_flight.load(Ordering::SeqCst) >= shared.cfg.max_in_flight {
+            if !shared.accepting.load(Ordering::SeqCst) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if !shared.accepting.load(Ordering::SeqCst) {
+            return false;
+        }
+        let token = delivery.token;
+        let datapoints = delivery.task.data_points.len() as u64;
+        match intake.admit(delivery) {
+            Some(work) => {
+                shared.in_flight.fetch_add(1, Ordering::SeqCst);
+                shared.stats.tasks_accepted.inc();
+                shared.stats.datapoints_accepted.add(datapoints);
+                shared.dispatch(work);
+            }
+            None => broker::skip_duplicate(shared, intake, token),
+        }
+        true
     }
 
     /// Counters.
@@ -310,6 +425,11 @@ impl Pipeline {
 impl TaskSubmitter for Pipeline {
     fn submit(&self, tasks: Vec<DataPointTask>) -> Result<Accepted, SubmitError> {
         let (reply, rx) = oneshot::channel();
+        if self.shared.accept_log.is_none() {
+            return Err(SubmitError::Unavailable(
+                "this worker takes tasks from RabbitMQ only".into(),
+            ));
+        }
         if !self.shared.accepting.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
         }
@@ -342,7 +462,7 @@ impl TaskSubmitter for Pipeline {
 }
 
 /// The acceptor: group-commit waiting submissions into the accept log, dispatch, reply.
-fn run_acceptor(shared: &Shared, rx: Receiver<Submission>) {
+fn run_acceptor(shared: &Shared, accept_log: &AcceptLog, rx: Receiver<Submission>) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < 256 {
@@ -359,7 +479,7 @@ fn run_acceptor(shared: &Shared, rx: Receiver<Submission>) {
                 tasks: &s.tasks,
             })
             .collect();
-        match shared.accept_log.append(&rows) {
+        match accept_log.append(&rows) {
             Ok(seqs) => {
                 for (seq, sub) in seqs.into_iter().zip(group) {
                     shared.stats.tasks_accepted.add(sub.tasks.len() as u64);
@@ -372,6 +492,7 @@ fn run_acceptor(shared: &Shared, rx: Receiver<Submission>) {
                         shared.dispatch(Work {
                             priority: false,
                             position: (seq, i as u32),
+                            origin: None,
                             task,
                         });
                     }
@@ -414,6 +535,7 @@ fn run_lane(
         };
         let mut out = TaskOutput::default();
         let task = work.task;
+        let origin = work.origin;
         // A panic here would be a host bug (hooks catch their own); keep the lane alive
         // rather than taking the process down.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -423,6 +545,9 @@ fn run_lane(
             error!(lane, "task processing panicked; the task is skipped");
             shared.stats.task_errors.inc();
             out = TaskOutput::default();
+        }
+        if let Some(parent) = &origin {
+            out.child_tags = broker::tag_children(parent, out.children.len());
         }
         shared.staging.stage(
             Completion {

@@ -36,4 +36,6 @@ pub struct PipelineStats {
     pub datapoints_applied: Counter,
     pub apply_errors: Counter,
     pub tasks_replayed: Counter,
+    /// Broker mode: deliveries skipped as copies of applied or in-flight messages.
+    pub duplicates_skipped: Counter,
 }

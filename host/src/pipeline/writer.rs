@@ -2,6 +2,7 @@
 //! watermarks (committed with every batch), makes hook outputs durable before their parents'
 //! batch commits, and replays the accept log at start. See the module docs of `pipeline`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -11,9 +12,9 @@ use dp3_model::{DataPointTask, ModelSpec};
 use dp3_store::{Store, WriteBatch};
 use tracing::{error, warn};
 
-use super::staging::{Completion, Position};
+use super::staging::{MessageTag, Completion, Position};
 use super::{PipelineConfig, PipelineError, Shared, Work, lane_index};
-use crate::queue::accept_log::{NewRow, RowKind};
+use crate::queue::accept_log::{AcceptLog, NewRow, RowKind};
 
 /// Store metadata key of the pipeline state.
 pub const STATE_KEY: &str = "pipeline/state";
@@ -119,8 +120,11 @@ pub(super) fn load_state(store: &dyn Store, cfg: &PipelineConfig) -> Result<Stat
 /// layout (every remaining row is fully unapplied, and all new rows get higher sequence
 /// numbers, so even a crash before the first commit replays correctly). Returns the number of
 /// tasks dispatched.
-pub(super) fn replay(shared: &Shared, committed: &State) -> Result<usize, PipelineError> {
-    let log = &shared.accept_log;
+pub(super) fn replay(
+    shared: &Shared,
+    log: &AcceptLog,
+    committed: &State,
+) -> Result<usize, PipelineError> {
     log.delete_generated_after(committed.generated_upto)?;
     let rows = log.rows()?;
     if rows.is_empty() {
@@ -161,6 +165,7 @@ pub(super) fn replay(shared: &Shared, committed: &State) -> Result<usize, Pipeli
             shared.dispatch(Work {
                 priority,
                 position: (seq, i as u32),
+                origin: None,
                 task,
             });
         }
@@ -172,14 +177,120 @@ pub(super) fn replay(shared: &Shared, committed: &State) -> Result<usize, Pipeli
 /// Validate and normalise a hook-generated task before it is queued: unknown entity
 /// types/attributes, mismatched datapoints, bad values and empty tasks are refused with a
 /// logged reason (the module's fault must not poison the queue).
-fn check_generated(model: &ModelSpec, task: DataPointTask) -> Result<DataPointTask, String> {
+pub(super) fn check_generated(model: &ModelSpec, task: DataPointTask) -> Result<DataPointTask, String> {
     dp3_model::validate::validate_task(model, task, EmptyTasks::Reject).map_err(|e| e.to_string())
 }
 
-/// The writer loop.
-pub(super) fn run(shared: &Shared, committed: State, stop: &AtomicBool) {
+/// How a batch's tasks are made durable and released: the accept log with watermarks
+/// (`dp3 run`, [`LogSettlement`]) or RabbitMQ acks (`dp3 worker`, `super::broker`).
+pub(super) trait Settlement: Send {
+    /// Make the batch's validated hook outputs durable before the batch commits (`tags`
+    /// is parallel to `children` in broker mode, empty otherwise). `None`: gave up at
+    /// shutdown (the batch is not applied).
+    fn persist_children(
+        &mut self,
+        shared: &Shared,
+        children: Vec<DataPointTask>,
+        tags: Vec<MessageTag>,
+        stopping: bool,
+    ) -> Option<()>;
+    /// Metadata committed atomically with the batch.
+    fn batch_meta(&mut self, completions: &[Completion]) -> Vec<(String, Document)>;
+    /// The batch is in the store: release its tasks (and queue the persisted children).
+    fn committed(&mut self, shared: &Shared, completions: &[Completion]);
+}
+
+/// `dp3 run`: hook outputs go to the accept log (a generated row), the lanes' watermarks are
+/// committed with every batch, finished rows are deleted.
+pub(super) struct LogSettlement {
+    log: Arc<AcceptLog>,
+    state: State,
+    /// The generated row persisted for the batch being written.
+    children: Option<(u64, Vec<DataPointTask>)>,
+}
+
+impl LogSettlement {
+    pub(super) fn new(log: Arc<AcceptLog>, cfg: &PipelineConfig, committed: &State) -> Self {
+        LogSettlement {
+            log,
+            state: State::fresh(cfg.shards, cfg.threads, committed.generated_upto),
+            children: None,
+        }
+    }
+}
+
+impl Settlement for LogSettlement {
+    fn persist_children(
+        &mut self,
+        shared: &Shared,
+        children: Vec<DataPointTask>,
+        _tags: Vec<MessageTag>,
+        stopping: bool,
+    ) -> Option<()> {
+        if children.is_empty() {
+            return Some(());
+        }
+        let row = [NewRow {
+            kind: RowKind::Generated,
+            priority: true,
+            tasks: &children,
+        }];
+        let seqs = retry(shared, stopping, "accept log", || {
+            self.log.append(&row).map_err(|e| e.to_string())
+        })?;
+        let seq = seqs.first().copied()?;
+        self.state.generated_upto = seq;
+        self.children = Some((seq, children));
+        Some(())
+    }
+
+    fn batch_meta(&mut self, completions: &[Completion]) -> Vec<(String, Document)> {
+        for c in completions {
+            self.state.complete(c);
+        }
+        vec![(STATE_KEY.to_owned(), self.state.to_document())]
+    }
+
+    fn committed(&mut self, shared: &Shared, completions: &[Completion]) {
+        // Dispatch the now-durable hook outputs, then retire finished rows.
+        if let Some((seq, children)) = self.children.take() {
+            shared.rows.lock().insert(seq, children.len());
+            shared.in_flight.fetch_add(children.len(), Ordering::SeqCst);
+            for (i, task) in children.into_iter().enumerate() {
+                shared.dispatch(Work {
+                    priority: true,
+                    position: (seq, i as u32),
+                    origin: None,
+                    task,
+                });
+            }
+        }
+        let mut finished = Vec::new();
+        {
+            let mut rows = shared.rows.lock();
+            for c in completions {
+                let seq = c.position.0;
+                if let Some(n) = rows.get_mut(&seq) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        rows.remove(&seq);
+                        finished.push(seq);
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.log.delete(&finished) {
+            // Harmless: the rows are skipped by watermark at the next replay.
+            warn!(error = %e, "cannot delete finished accept-log rows");
+        }
+    }
+}
+
+/// The writer loop: every `flush_interval` (or `flush_datapoints`), make the staged batch's
+/// hook outputs durable, apply the batch with its settlement metadata in one store
+/// transaction, then release its tasks.
+pub(super) fn run(shared: &Shared, mut settlement: Box<dyn Settlement>, stop: &AtomicBool) {
     let cfg = &shared.cfg;
-    let mut state = State::fresh(cfg.shards, cfg.threads, committed.generated_upto);
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         if !stopping {
@@ -198,10 +309,16 @@ pub(super) fn run(shared: &Shared, committed: State, stop: &AtomicBool) {
 
         // 1. Hook outputs become durable before the batch that produced them commits.
         let mut children = Vec::with_capacity(buf.children.len());
+        let mut tags = Vec::with_capacity(buf.child_tags.len());
+        let mut child_tags = buf.child_tags.into_iter();
         for t in buf.children {
+            let tag = child_tags.next();
             let (etype, eid) = (t.etype.clone(), t.eid.clone());
             match check_generated(&shared.model, t) {
-                Ok(t) => children.push(t),
+                Ok(t) => {
+                    children.push(t);
+                    tags.extend(tag);
+                }
                 Err(reason) => {
                     warn!(%etype, %eid, %reason, "task returned by a hook refused");
                     shared.stats.invalid_generated_tasks.inc();
@@ -209,79 +326,34 @@ pub(super) fn run(shared: &Shared, committed: State, stop: &AtomicBool) {
             }
         }
         shared.stats.generated_tasks.add(children.len() as u64);
-        let child_seq = if children.is_empty() {
-            None
-        } else {
-            let row = [NewRow {
-                kind: RowKind::Generated,
-                priority: true,
-                tasks: &children,
-            }];
-            match retry(shared, stopping, "accept log", || {
-                shared.accept_log.append(&row).map_err(|e| e.to_string())
-            }) {
-                Some(seqs) => seqs.first().copied(),
-                None => {
-                    error!("giving up on a batch at shutdown; its tasks stay in the accept log");
-                    break;
-                }
-            }
-        };
+        if settlement
+            .persist_children(shared, children, tags, stopping)
+            .is_none()
+        {
+            error!("giving up on a batch at shutdown; its tasks stay queued");
+            break;
+        }
 
-        // 2. Apply the batch together with the new watermarks.
-        for c in &buf.completions {
-            state.complete(c);
-        }
-        if let Some(s) = child_seq {
-            state.generated_upto = s;
-        }
+        // 2. Apply the batch together with the settlement metadata.
         let batch = WriteBatch {
             ops: buf.ops,
             raw: buf.raw,
-            meta: vec![(STATE_KEY.to_owned(), state.to_document())],
+            meta: settlement.batch_meta(&buf.completions),
         };
         if retry(shared, stopping, "store", || {
             shared.store.apply(&batch).map_err(|e| e.to_string())
         })
         .is_none()
         {
-            error!("giving up on a batch at shutdown; its tasks stay in the accept log");
+            error!("giving up on a batch at shutdown; its tasks stay queued");
             break;
         }
         shared.stats.batches_applied.inc();
         shared.stats.datapoints_applied.add(buf.datapoints as u64);
         shared.staging.committed(buf.generation);
 
-        // 3. Dispatch the now-durable hook outputs, then retire finished rows.
-        if let Some(seq) = child_seq {
-            shared.rows.lock().insert(seq, children.len());
-            shared.in_flight.fetch_add(children.len(), Ordering::SeqCst);
-            for (i, task) in children.into_iter().enumerate() {
-                shared.dispatch(Work {
-                    priority: true,
-                    position: (seq, i as u32),
-                    task,
-                });
-            }
-        }
-        let mut finished = Vec::new();
-        {
-            let mut rows = shared.rows.lock();
-            for c in &buf.completions {
-                let seq = c.position.0;
-                if let Some(n) = rows.get_mut(&seq) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        rows.remove(&seq);
-                        finished.push(seq);
-                    }
-                }
-            }
-        }
-        if let Err(e) = shared.accept_log.delete(&finished) {
-            // Harmless: the rows are skipped by watermark at the next replay.
-            warn!(error = %e, "cannot delete finished accept-log rows");
-        }
+        // 3. Release the batch's tasks.
+        settlement.committed(shared, &buf.completions);
         shared
             .in_flight
             .fetch_sub(buf.completions.len(), Ordering::SeqCst);
@@ -290,7 +362,7 @@ pub(super) fn run(shared: &Shared, committed: State, stop: &AtomicBool) {
 
 /// Retry a write until it succeeds; while it fails, new submissions are refused as
 /// unavailable (HTTP 503). At shutdown, give up after a few attempts.
-fn retry<T>(
+pub(super) fn retry<T>(
     shared: &Shared,
     stopping: bool,
     what: &str,

@@ -30,13 +30,15 @@ use dp3_model::{DataPointTask, ModelSpec};
 use futures_util::StreamExt;
 use futures_util::stream::SelectAll;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, Channel, Connection};
 use parking_lot::{Condvar, Mutex};
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::messages::{SnapshotMessage, control_from_json};
+use super::publisher::MAYBE_DUPLICATE_HEADER;
 use super::runtime::{OwnedRuntime, close_quietly, open_channel};
 use super::topology::QueueKind;
 use super::{RabbitConfig, RabbitError};
@@ -78,6 +80,11 @@ pub struct Consumed<T> {
     /// The broker delivered it before (to a consumer that did not ack it): its effects may
     /// already be in the store.
     pub redelivered: bool,
+    /// The AMQP `message_id`, or for publishers that set none (DP3's Python API) `body:`
+    /// and a digest of the body.
+    pub message_id: String,
+    /// The publisher marked it as a possible copy ([`MAYBE_DUPLICATE_HEADER`]).
+    pub maybe_duplicate: bool,
 }
 
 /// A worker's task consumer (`<app>-worker-<i>` and `-pri`, priority first).
@@ -94,7 +101,16 @@ type Handler<T> = Box<dyn FnMut(Consumed<T>) + Send>;
 struct Raw {
     tag: DeliveryTag,
     redelivered: bool,
+    message_id: Option<String>,
+    maybe_duplicate: bool,
     body: Vec<u8>,
+}
+
+/// `body:` + hex SHA-256 prefix of a body: the identity of a message without `message_id`.
+fn body_id(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("body:{hex}")
 }
 
 struct Shared {
@@ -409,11 +425,14 @@ fn dispatch_loop<T>(
         match parser(&raw.body) {
             Ok(message) => {
                 shared.handed_out.fetch_add(1, Ordering::SeqCst);
+                let message_id = raw.message_id.unwrap_or_else(|| body_id(&raw.body));
                 handler(Consumed {
                     tag: raw.tag,
                     message,
                     priority,
                     redelivered: raw.redelivered,
+                    message_id,
+                    maybe_duplicate: raw.maybe_duplicate,
                 });
             }
             Err(reason) => {
@@ -542,6 +561,17 @@ async fn run_generation(
                             acker: delivery.acker,
                         },
                         redelivered: delivery.redelivered,
+                        message_id: delivery
+                            .properties
+                            .message_id()
+                            .as_ref()
+                            .map(|id| id.as_str().to_owned()),
+                        maybe_duplicate: delivery.properties.headers().as_ref().is_some_and(|h| {
+                            matches!(
+                                h.inner().get(MAYBE_DUPLICATE_HEADER),
+                                Some(AMQPValue::Boolean(true))
+                            )
+                        }),
                         body: delivery.data,
                     };
                     if let Some(deque) = shared.deques.lock().get_mut(index) {

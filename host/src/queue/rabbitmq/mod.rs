@@ -15,6 +15,7 @@
 //! (1, 2, 5, 10, 30, 30, … s) after the broker or the network went away.
 
 pub mod consumer;
+pub mod link;
 pub mod messages;
 pub mod publisher;
 mod runtime;
@@ -30,6 +31,7 @@ pub use consumer::{
 pub use messages::{
     MessageError, SnapshotMessage, SnapshotMessageType, control_from_json, control_to_json,
 };
+pub use link::RabbitLink;
 pub use publisher::RabbitPublisher;
 pub use topology::{
     QueueKind, SetupReport, StaleQueue, Topology, check_topology, declare_topology,

@@ -26,6 +26,7 @@ use dp3_model::DataPointTask;
 use dp3_model::validate::task_to_wire_json;
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Event};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
@@ -35,6 +36,7 @@ use super::messages::{SnapshotMessage, control_to_json};
 use super::runtime::{OwnedRuntime, close_quietly, open_channel};
 use super::topology::Topology;
 use super::{RabbitConfig, RabbitError};
+use crate::pipeline::staging::MessageTag;
 use crate::queue::{Accepted, ControlAction, ControlSink, SubmitError, TaskSubmitter};
 
 /// Pause between re-publishing messages the broker rejected (DP3: 100 ms).
@@ -48,6 +50,19 @@ struct Outgoing {
     exchange: String,
     routing_key: String,
     body: Vec<u8>,
+    /// Task messages: the AMQP `message_id` (workers deduplicate redeliveries by it).
+    message_id: Option<String>,
+    /// Header [`MAYBE_DUPLICATE_HEADER`]: a copy of this message may already be applied.
+    maybe_duplicate: bool,
+}
+
+/// Header set on hook outputs of a redelivered task: the receiving worker checks their ids
+/// against the ids it applied recently (see `pipeline::broker`).
+pub const MAYBE_DUPLICATE_HEADER: &str = "x-dp3-maybe-duplicate";
+
+/// A fresh random message id (128 bits, hex).
+pub fn new_message_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
 }
 
 struct Shared {
@@ -148,8 +163,25 @@ impl RabbitPublisher {
                 exchange: exchange.clone(),
                 routing_key: Topology::routing_key(topo.worker_of(task.hash())),
                 body: task_to_wire_json(task).into_bytes(),
+                message_id: Some(new_message_id()),
+                maybe_duplicate: false,
             })
             .collect()
+    }
+
+    /// Publish hook outputs of a worker to the priority exchange with the given message ids
+    /// (`tags[i]` belongs to `tasks[i]`).
+    pub fn publish_generated(
+        &self,
+        tasks: &[DataPointTask],
+        tags: &[MessageTag],
+    ) -> Result<Accepted, SubmitError> {
+        let mut messages = self.task_messages(tasks, true);
+        for (m, tag) in messages.iter_mut().zip(tags) {
+            m.message_id = Some(tag.message_id.clone());
+            m.maybe_duplicate = tag.maybe_duplicate;
+        }
+        self.publish(messages)
     }
 
     /// Publish tasks to the normal (`priority = false`) or priority exchange, each routed to
@@ -175,6 +207,8 @@ impl RabbitPublisher {
             exchange: topo.snapshot_exchange(),
             routing_key: Topology::routing_key(topo.worker_of(msg.hash())),
             body: msg.to_json().into_bytes(),
+            message_id: None,
+            maybe_duplicate: false,
         }])
     }
 
@@ -209,6 +243,8 @@ impl RabbitPublisher {
             exchange: topo.control_exchange(),
             routing_key: Topology::routing_key(worker),
             body: control_to_json(action).into_bytes(),
+            message_id: None,
+            maybe_duplicate: false,
         }])
     }
 
@@ -218,6 +254,8 @@ impl RabbitPublisher {
                 exchange: exchange.to_owned(),
                 routing_key: Topology::routing_key(worker),
                 body: body.to_vec(),
+                message_id: None,
+                maybe_duplicate: false,
             })
             .collect()
     }
@@ -302,8 +340,17 @@ impl ControlSink for RabbitPublisher {
     }
 }
 
-fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
+fn properties(m: &Outgoing) -> BasicProperties {
+    let mut p = BasicProperties::default().with_delivery_mode(2);
+    if let Some(id) = &m.message_id {
+        p = p.with_message_id(id.as_str().into());
+    }
+    if m.maybe_duplicate {
+        let mut headers = FieldTable::default();
+        headers.insert(MAYBE_DUPLICATE_HEADER.into(), AMQPValue::Boolean(true));
+        p = p.with_headers(headers);
+    }
+    p
 }
 
 /// Publish all messages and wait for their confirms, re-publishing nacked ones (full queue)
@@ -352,7 +399,7 @@ async fn publish_until_confirmed(
                         ..BasicPublishOptions::default()
                     },
                     &m.body,
-                    persistent(),
+                    properties(m),
                 )
                 .await
                 .map_err(lost)?;

@@ -1,3 +1,5 @@
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -27,7 +29,7 @@ enum Command {
     Load(dp3::cli::load::LoadArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -35,12 +37,23 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Check(args) => dp3::cli::check::run(&args),
         Command::Run(args) => dp3::cli::run::run(&args),
         Command::Load(args) => dp3::cli::load::run(&args),
         Command::Api(args) => dp3::cli::api::api(&args),
         Command::Worker(args) => dp3::cli::worker::worker(&args),
         Command::RabbitmqSetup(args) => dp3::cli::api::setup(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            if e.downcast_ref::<dp3::cli::ConfigInvalid>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
     }
 }

@@ -101,7 +101,10 @@ impl MetricsSource for PipelineMetrics {
         c("dp3_datapoints_applied_total", s.datapoints_applied.get());
         c("dp3_store_write_errors_total", s.apply_errors.get());
         c("dp3_tasks_replayed_total", s.tasks_replayed.get());
-        c("dp3_duplicate_deliveries_skipped_total", s.duplicates_skipped.get());
+        c(
+            "dp3_duplicate_deliveries_skipped_total",
+            s.duplicates_skipped.get(),
+        );
         metrics::gauge!("dp3_queue_tasks_in_flight").set((self.in_flight)() as f64);
     }
 }

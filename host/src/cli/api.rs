@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use dp3_model::config::load_config_dir;
 use tracing::{info, warn};
 
 use super::run::{app_name, open_store, shutdown_signal};
@@ -48,15 +47,7 @@ fn rabbit_config(config: &dp3_model::config::Config) -> RabbitConfig {
 
 /// Serve the API until SIGINT/SIGTERM.
 pub fn api(args: &ApiArgs) -> anyhow::Result<()> {
-    let config = load_config_dir(&args.config).map_err(|errors| {
-        anyhow::anyhow!(
-            "configuration {} is invalid:\n{errors}",
-            args.config.display()
-        )
-    })?;
-    for w in &config.warnings {
-        warn!("{w}");
-    }
+    let config = super::load_config(&args.config)?;
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("cannot create data directory {}", args.data.display()))?;
     let store = open_store(&config, &args.data)?;
@@ -107,12 +98,7 @@ pub fn api(args: &ApiArgs) -> anyhow::Result<()> {
 
 /// Declare DP3's exchanges and queues; print the queue depths.
 pub fn setup(args: &SetupArgs) -> anyhow::Result<()> {
-    let config = load_config_dir(&args.config).map_err(|errors| {
-        anyhow::anyhow!(
-            "configuration {} is invalid:\n{errors}",
-            args.config.display()
-        )
-    })?;
+    let config = super::load_config(&args.config)?;
     let rabbit = rabbit_config(&config);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

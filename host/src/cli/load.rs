@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::{TimeDelta, Utc};
-use dp3_model::config::load_config_dir;
 use dp3_model::{AttrKind, DataType, EidType, ModelSpec, Primitive, TimeseriesType};
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
@@ -73,8 +72,7 @@ impl LoadReport {
 }
 
 pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
-    let config = load_config_dir(&args.config)
-        .map_err(|e| anyhow::anyhow!("configuration {} is invalid:\n{e}", args.config.display()))?;
+    let config = super::load_config(&args.config)?;
     check_reachable(&args.url)?;
     let report = generate_load(args, &config.model)?;
     let per_sec = report.accepted as f64 / report.send_secs.max(1e-9);

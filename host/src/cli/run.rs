@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use dp3_model::config::{Config, DatabaseBackend, load_config_dir};
+use dp3_model::config::{Config, DatabaseBackend};
 use dp3_store::Store;
 use dp3_store::sqlite::SqliteStore;
 use tracing::{info, warn};
@@ -47,16 +47,7 @@ pub struct RunArgs {
 /// Run until SIGINT/SIGTERM, then shut down gracefully.
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let config = load_config_dir(&args.config).map_err(|errors| {
-        anyhow::anyhow!(
-            "configuration {} is invalid:\n{}",
-            args.config.display(),
-            errors
-        )
-    })?;
-    for w in &config.warnings {
-        warn!("{w}");
-    }
+    let config = super::load_config(&args.config)?;
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("cannot create data directory {}", args.data.display()))?;
     let store = open_store(&config, &args.data)?;
@@ -275,4 +266,3 @@ pub fn open_store(config: &Config, data: &std::path::Path) -> anyhow::Result<Arc
 pub fn app_name() -> String {
     std::env::var("APP_NAME").unwrap_or_else(|_| "dp3".into())
 }
-

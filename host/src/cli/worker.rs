@@ -18,9 +18,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use dp3_model::DataPointTask;
-use dp3_model::config::load_config_dir;
 use tracing::{info, warn};
 
 use super::platform::{
@@ -75,24 +74,21 @@ impl TaskSubmitter for PriorityPublisher {
 
 /// Run worker `args.index` until SIGINT/SIGTERM.
 pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
-    let config = load_config_dir(&args.config).map_err(|errors| {
-        anyhow::anyhow!(
-            "configuration {} is invalid:\n{errors}",
-            args.config.display()
-        )
-    })?;
-    for w in &config.warnings {
-        warn!("{w}");
-    }
+    let config = super::load_config(&args.config)?;
     let pc = &config.processing_core;
     let index = args.index;
     if index >= pc.worker_processes {
-        bail!(
-            "worker index {index} is out of range: processing_core.yml has worker_processes: {} \
-             (indexes 0 … {})",
-            pc.worker_processes,
-            pc.worker_processes.saturating_sub(1)
-        );
+        // A configuration mismatch: exit status 2, restarting cannot help.
+        return Err(super::ConfigInvalid {
+            path: args.config.clone(),
+            errors: format!(
+                "worker index {index} is out of range: processing_core.yml has \
+                 worker_processes: {} (indexes 0 … {})",
+                pc.worker_processes,
+                pc.worker_processes.saturating_sub(1)
+            ),
+        }
+        .into());
     }
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("cannot create data directory {}", args.data.display()))?;

@@ -217,7 +217,10 @@ impl Settlement for BrokerSettlement {
         let tokens: Vec<u64> = completions.iter().map(|c| c.position.0).collect();
         let mut keys: Vec<u64> = {
             let pending = self.intake.pending.lock();
-            tokens.iter().filter_map(|t| pending.get(t).copied()).collect()
+            tokens
+                .iter()
+                .filter_map(|t| pending.get(t).copied())
+                .collect()
         };
         keys.sort_unstable();
         keys.dedup();
@@ -227,7 +230,10 @@ impl Settlement for BrokerSettlement {
             dedupe.next_batch += 1;
             b
         };
-        let meta = vec![(slot_key(self.intake.worker, batch), encode_slot(batch, &keys))];
+        let meta = vec![(
+            slot_key(self.intake.worker, batch),
+            encode_slot(batch, &keys),
+        )];
         self.current = Some((batch, tokens, keys));
         meta
     }

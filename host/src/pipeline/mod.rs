@@ -52,8 +52,8 @@ use crate::queue::{Accepted, SubmitError, TaskSubmitter};
 use broker::{BrokerIntake, BrokerLink, BrokerSettlement, Delivery};
 use executor::{Executor, HookSource};
 use staging::{Completion, MessageTag, Staging, TaskOutput};
-use writer::{LogSettlement, Settlement};
 pub use stats::PipelineStats;
+use writer::{LogSettlement, Settlement};
 
 /// Tuning of the pipeline.
 #[derive(Debug, Clone)]

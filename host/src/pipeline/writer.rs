@@ -12,7 +12,7 @@ use dp3_model::{DataPointTask, ModelSpec};
 use dp3_store::{Store, WriteBatch};
 use tracing::{error, warn};
 
-use super::staging::{MessageTag, Completion, Position};
+use super::staging::{Completion, MessageTag, Position};
 use super::{PipelineConfig, PipelineError, Shared, Work, lane_index};
 use crate::queue::accept_log::{AcceptLog, NewRow, RowKind};
 
@@ -177,7 +177,10 @@ pub(super) fn replay(
 /// Validate and normalise a hook-generated task before it is queued: unknown entity
 /// types/attributes, mismatched datapoints, bad values and empty tasks are refused with a
 /// logged reason (the module's fault must not poison the queue).
-pub(super) fn check_generated(model: &ModelSpec, task: DataPointTask) -> Result<DataPointTask, String> {
+pub(super) fn check_generated(
+    model: &ModelSpec,
+    task: DataPointTask,
+) -> Result<DataPointTask, String> {
     dp3_model::validate::validate_task(model, task, EmptyTasks::Reject).map_err(|e| e.to_string())
 }
 

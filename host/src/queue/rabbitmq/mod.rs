@@ -28,10 +28,10 @@ use dp3_model::config::MsgBrokerConfig;
 pub use consumer::{
     Consumed, ControlConsumer, DeliveryTag, RabbitConsumer, SnapshotConsumer, TaskConsumer,
 };
+pub use link::RabbitLink;
 pub use messages::{
     MessageError, SnapshotMessage, SnapshotMessageType, control_from_json, control_to_json,
 };
-pub use link::RabbitLink;
 pub use publisher::RabbitPublisher;
 pub use topology::{
     QueueKind, SetupReport, StaleQueue, Topology, check_topology, declare_topology,

@@ -8,7 +8,8 @@
 # The example configuration is used with no modules enabled, so every applied datapoint is an
 # accepted one (`dp3_datapoints_applied_total` of the workers reaches the accepted count).
 #
-# Usage: scripts/scaleout_bench.sh            (env: DATAPOINTS BATCH CONCURRENCY ENTITIES)
+# Usage: scripts/scaleout_bench.sh
+#   env: DATAPOINTS BATCH CONCURRENCY ENTITIES; SKIP_BUILD=1 uses the existing release build
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -26,8 +27,10 @@ command -v rabbitmqctl >/dev/null || { echo "rabbitmqctl not found" >&2; exit 1;
     exit 1
 }
 
-echo "== cargo build --release --workspace"
-cargo build --release --workspace
+if [[ -z ${SKIP_BUILD:-} ]]; then
+    echo "== cargo build --release --workspace"
+    cargo build --release --workspace
+fi
 
 WORK=$(mktemp -d /tmp/dp3-scaleout-bench.XXXXXX)
 PIDS=()
@@ -80,7 +83,8 @@ now() { date +%s.%N; }
 
 # bench N: sets ACCEPTED and SECONDS_TAKEN.
 bench() {
-    local n=$1 dir=$WORK/workers$n
+    local n=$1
+    local dir=$WORK/workers$n
     mkdir -p "$dir"
     cp -r "$ROOT/config" "$dir/config"
     sed -i -e 's/^\(\s*host:\).*/\1 127.0.0.1/' \

@@ -387,27 +387,41 @@ async fn publish_until_confirmed(
             shared.broken.notify_one();
             SubmitError::Unavailable(format!("RabbitMQ connection lost while publishing: {e}"))
         };
+        // All publishes are issued together: lapin queues a message's frames when its future
+        // is first polled, and `join_all` polls in order, so the broker receives them in
+        // order while we wait for the socket once instead of once per message.
+        let channel = &channel;
+        let publishes = pending.iter().filter_map(|&i| {
+            let m = messages.get(i)?;
+            Some(async move {
+                let confirm = channel
+                    .basic_publish(
+                        m.exchange.as_str().into(),
+                        m.routing_key.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        &m.body,
+                        properties(m),
+                    )
+                    .await;
+                (i, confirm)
+            })
+        });
         let mut confirms = Vec::with_capacity(pending.len());
-        for &i in &pending {
-            let Some(m) = messages.get(i) else { continue };
-            let confirm = channel
-                .basic_publish(
-                    m.exchange.as_str().into(),
-                    m.routing_key.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &m.body,
-                    properties(m),
-                )
-                .await
-                .map_err(lost)?;
-            confirms.push((i, confirm));
+        for (i, confirm) in futures_util::future::join_all(publishes).await {
+            confirms.push((i, confirm.map_err(lost)?));
         }
         let mut nacked = Vec::new();
+        let confirms = futures_util::future::join_all(
+            confirms
+                .into_iter()
+                .map(|(i, confirm)| async move { (i, confirm.await) }),
+        )
+        .await;
         for (i, confirm) in confirms {
-            match confirm.await.map_err(lost)? {
+            match confirm.map_err(lost)? {
                 Confirmation::Ack(None) => {}
                 Confirmation::Ack(Some(returned)) => {
                     return Err(SubmitError::Unavailable(format!(

@@ -90,9 +90,7 @@ impl SqliteStore {
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| open_err(e.to_string()))?;
         schema::ensure_schema(&mut conn, path)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(|e| open_err(format!("cannot enable WAL ({e})")))?;
+        let mode = enable_wal(&conn).map_err(|e| open_err(format!("cannot enable WAL ({e})")))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(open_err(format!(
                 "cannot enable WAL (journal mode is {mode})"
@@ -341,5 +339,30 @@ impl Store for SqliteStore {
         // TRUNCATE also shrinks the WAL file (flush is called at shutdown).
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .db()
+    }
+}
+
+/// Switch to WAL. Changing the journal mode needs an exclusive lock, and SQLite answers
+/// "database is locked" at once (without the busy handler) while another process opens or
+/// creates the same file, so retry for up to [`BUSY_TIMEOUT`]; a file already in WAL mode
+/// (every open after the first) needs no lock at all.
+fn enable_wal(conn: &Connection) -> rusqlite::Result<String> {
+    let current: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if current.eq_ignore_ascii_case("wal") {
+        return Ok(current);
+    }
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }

@@ -11,6 +11,8 @@ use chrono::{TimeZone, Utc};
 use dp3::clock::{Clock, ManualClock};
 use dp3::pipeline::executor::HookSource;
 use dp3::pipeline::hooks::{IngestionHooks, NoHooks};
+use dp3::pipeline::broker::{BrokerLink, Delivery, child_message_id};
+use dp3::pipeline::staging::MessageTag;
 use dp3::pipeline::{Pipeline, PipelineConfig};
 use dp3::queue::accept_log::{AcceptLog, NewRow, RowKind};
 use dp3::queue::{SubmitError, TaskSubmitter};
@@ -411,4 +413,117 @@ fn delete_then_recreate() {
         "only the datapoint after the delete"
     );
     assert_eq!(p.stats().entities_created.get(), 2);
+}
+
+/// A broker stand-in: records acks and published hook outputs (with their tags).
+#[derive(Default)]
+struct FakeBroker {
+    acked: parking_lot::Mutex<Vec<u64>>,
+    published: parking_lot::Mutex<Vec<(DataPointTask, MessageTag)>>,
+}
+
+impl BrokerLink for FakeBroker {
+    fn publish_generated(&self, tasks: &[DataPointTask], tags: &[MessageTag]) -> Result<(), String> {
+        assert_eq!(tasks.len(), tags.len());
+        let mut p = self.published.lock();
+        p.extend(tasks.iter().cloned().zip(tags.iter().cloned()));
+        Ok(())
+    }
+    fn ack(&self, tokens: Vec<u64>) {
+        self.acked.lock().extend(tokens);
+    }
+}
+
+fn start_worker(env: &Env, hooks: Arc<dyn IngestionHooks>, link: Arc<FakeBroker>) -> Pipeline {
+    let source: Arc<dyn HookSource> = Arc::new(hooks);
+    Pipeline::start_worker(
+        cfg(),
+        env.model.clone(),
+        env.store.clone(),
+        link,
+        0,
+        source,
+        env.clock.clone(),
+    )
+    .unwrap()
+}
+
+fn delivery(token: u64, id: &str, maybe_duplicate: bool, t: DataPointTask) -> Delivery {
+    Delivery {
+        token,
+        task: t,
+        tag: MessageTag {
+            message_id: id.into(),
+            maybe_duplicate,
+        },
+        priority: false,
+    }
+}
+
+/// Broker mode: deliveries are acked only after their commit, hook outputs are published
+/// with ids derived from the parent, and redelivered copies — of applied messages, also
+/// after a restart, and of messages in flight — are not applied twice.
+#[test]
+fn worker_mode_acks_after_commit_and_applies_redeliveries_once() {
+    struct Derive;
+    impl IngestionHooks for Derive {
+        fn on_new_attr(&self, dp: &DataPoint) -> Vec<DataPointTask> {
+            let target = format!("{}-derived", dp.eid);
+            vec![task(
+                &target,
+                vec![plain(&target, "test_attr_string", Bson::String("x".into()))],
+            )]
+        }
+    }
+    let env = env();
+    let link = Arc::new(FakeBroker::default());
+    let p = start_worker(&env, Arc::new(Derive), link.clone());
+    // The API-side submit path is closed in broker mode.
+    assert!(matches!(
+        p.submit(vec![task("z", vec![obs("z", 1, 0)])]),
+        Err(SubmitError::Unavailable(_))
+    ));
+    assert!(p.deliver(delivery(1, "m1", false, task("a", vec![obs("a", 1, 0)]))));
+    // A redelivered copy while the original may still be in flight: held, not applied.
+    assert!(p.deliver(delivery(2, "m1", true, task("a", vec![obs("a", 1, 0)]))));
+    assert!(p.deliver(delivery(3, "m2", false, task("b", vec![obs("b", 2, 0)]))));
+    assert!(p.wait_idle(Duration::from_secs(10)));
+    let mut acked = link.acked.lock().clone();
+    acked.sort_unstable();
+    assert_eq!(acked, vec![1, 2, 3], "every delivery acked once, copies included");
+    assert_eq!(history_len(&*env.store, "a"), 1);
+    assert_eq!(history_len(&*env.store, "b"), 1);
+    let published = link.published.lock().clone();
+    assert_eq!(published.len(), 2, "one hook output per datapoint");
+    let ids: Vec<&str> = published.iter().map(|(_, t)| t.message_id.as_str()).collect();
+    assert!(ids.contains(&child_message_id("m1", 0).as_str()));
+    assert!(ids.contains(&child_message_id("m2", 0).as_str()));
+    assert!(published.iter().all(|(_, t)| !t.maybe_duplicate));
+    assert_eq!(p.stats().duplicates_skipped.get(), 1);
+    assert!(p.shutdown(Duration::from_secs(10)));
+    drop(p);
+
+    // Restart: the applied window comes back from the store; a redelivery of m2 (its ack was
+    // "lost") is acked without being applied, its hook outputs are not re-published, and a
+    // new message is applied; a possible copy never seen before is applied too.
+    let link = Arc::new(FakeBroker::default());
+    let p = start_worker(&env, Arc::new(Derive), link.clone());
+    assert!(p.deliver(delivery(10, "m2", true, task("b", vec![obs("b", 2, 0)]))));
+    assert!(p.deliver(delivery(11, "m3", false, task("c", vec![obs("c", 3, 0)]))));
+    assert!(p.deliver(delivery(12, "m4", true, task("d", vec![obs("d", 4, 0)]))));
+    assert!(p.wait_idle(Duration::from_secs(10)));
+    let mut acked = link.acked.lock().clone();
+    acked.sort_unstable();
+    assert_eq!(acked, vec![10, 11, 12]);
+    assert_eq!(history_len(&*env.store, "b"), 1, "redelivered copy not applied again");
+    assert_eq!(history_len(&*env.store, "c"), 1);
+    assert_eq!(history_len(&*env.store, "d"), 1);
+    let published = link.published.lock().clone();
+    assert_eq!(published.len(), 2, "outputs of m3 and m4 only");
+    let m4_child = published
+        .iter()
+        .find(|(_, t)| t.message_id == child_message_id("m4", 0))
+        .expect("m4's output published");
+    assert!(m4_child.1.maybe_duplicate, "outputs of a possible copy are flagged");
+    assert!(p.shutdown(Duration::from_secs(10)));
 }

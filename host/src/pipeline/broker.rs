@@ -9,8 +9,9 @@
 //! * At-least-once delivery becomes exactly-once application by message id: every batch
 //!   commits the ids it applied into a ring of store metadata slots (atomically with its
 //!   writes), and a delivery that may be a copy of an applied message — the broker
-//!   redelivered it, or its parent was such a delivery — is checked against that window and
-//!   against the ids still in flight. Hook outputs get ids derived from their parent's id
+//!   redelivered it, or its parent was such a delivery — is checked against that window
+//!   (acked and skipped when found) and against the ids still in flight (acked together
+//!   with the original when that commits). Hook outputs get ids derived from their parent's id
 //!   and their index, so re-processing a redelivered parent re-publishes the same ids.
 //!
 //! Only possible duplicates are looked up, so the window costs a sorted `Vec<u64>` per batch
@@ -80,17 +81,28 @@ pub fn child_message_id(parent: &str, index: usize) -> String {
 struct Dedupe {
     applied: VecDeque<(u64, Vec<u64>)>,
     in_flight: HashSet<u64>,
+    /// Copies of in-flight messages: acked together with the original once it commits (an
+    /// earlier ack would lose the message if the process died before that commit).
+    copies: HashMap<u64, Vec<u64>>,
     next_batch: u64,
 }
 
 impl Dedupe {
-    fn seen(&self, key: u64) -> bool {
-        self.in_flight.contains(&key)
-            || self
-                .applied
-                .iter()
-                .any(|(_, keys)| keys.binary_search(&key).is_ok())
+    fn applied(&self, key: u64) -> bool {
+        self.applied
+            .iter()
+            .any(|(_, keys)| keys.binary_search(&key).is_ok())
     }
+}
+
+/// What to do with a delivery.
+pub(super) enum Admission {
+    /// New: process it.
+    Process(Work),
+    /// A copy of an applied message: ack it now.
+    Applied,
+    /// A copy of a message in flight: acked when the original commits.
+    Held,
 }
 
 /// Broker-mode state shared by the delivery path and the writer.
@@ -132,24 +144,30 @@ impl BrokerIntake {
             dedupe: Mutex::new(Dedupe {
                 applied: slots.into(),
                 in_flight: HashSet::new(),
+                copies: HashMap::new(),
                 next_batch,
             }),
         })
     }
 
-    /// Admit a delivery: `None` if it is a copy of an applied or in-flight message (the
-    /// caller acks it), else the work to dispatch.
-    pub(super) fn admit(&self, d: Delivery) -> Option<Work> {
+    /// Admit a delivery, checking possible copies against the applied and in-flight ids.
+    pub(super) fn admit(&self, d: Delivery) -> Admission {
         let key = dedupe_key(&d.tag.message_id);
         {
             let mut dedupe = self.dedupe.lock();
-            if d.tag.maybe_duplicate && dedupe.seen(key) {
-                return None;
+            if d.tag.maybe_duplicate {
+                if dedupe.applied(key) {
+                    return Admission::Applied;
+                }
+                if dedupe.in_flight.contains(&key) {
+                    dedupe.copies.entry(key).or_default().push(d.token);
+                    return Admission::Held;
+                }
             }
             dedupe.in_flight.insert(key);
         }
         self.pending.lock().insert(d.token, key);
-        Some(Work {
+        Admission::Process(Work {
             priority: d.priority,
             position: (d.token, 0),
             origin: Some(d.tag),
@@ -239,7 +257,7 @@ impl Settlement for BrokerSettlement {
     }
 
     fn committed(&mut self, _shared: &Shared, _completions: &[Completion]) {
-        let Some((batch, tokens, keys)) = self.current.take() else {
+        let Some((batch, mut tokens, keys)) = self.current.take() else {
             return;
         };
         {
@@ -252,6 +270,9 @@ impl Settlement for BrokerSettlement {
             let mut dedupe = self.intake.dedupe.lock();
             for k in &keys {
                 dedupe.in_flight.remove(k);
+                if let Some(copies) = dedupe.copies.remove(k) {
+                    tokens.extend(copies);
+                }
             }
             dedupe.applied.push_back((batch, keys));
             while dedupe.applied.len() as u64 > SLOTS {
@@ -262,7 +283,7 @@ impl Settlement for BrokerSettlement {
     }
 }
 
-/// Count and acknowledge a delivery skipped as a copy.
+/// Count and acknowledge a delivery skipped as a copy of an applied message.
 pub(super) fn skip_duplicate(shared: &Shared, intake: &BrokerIntake, token: u64) {
     shared.stats.duplicates_skipped.inc();
     intake.link.ack(vec![token]);
@@ -294,12 +315,10 @@ mod tests {
     }
 
     #[test]
-    fn dedupe_sees_applied_and_in_flight_ids() {
+    fn dedupe_sees_applied_ids() {
         let mut d = Dedupe::default();
-        d.in_flight.insert(9);
         d.applied.push_back((0, vec![1, 4, 8]));
-        assert!(d.seen(9));
-        assert!(d.seen(4));
-        assert!(!d.seen(5));
+        assert!(d.applied(4));
+        assert!(!d.applied(5));
     }
 }

@@ -49,7 +49,7 @@ use tracing::{error, info, warn};
 use crate::clock::Clock;
 use crate::queue::accept_log::{AcceptLog, AcceptLogError, NewRow, RowKind};
 use crate::queue::{Accepted, SubmitError, TaskSubmitter};
-use broker::{BrokerIntake, BrokerLink, BrokerSettlement, Delivery};
+use broker::{Admission, BrokerIntake, BrokerLink, BrokerSettlement, Delivery};
 use executor::{Executor, HookSource};
 use staging::{Completion, MessageTag, Staging, TaskOutput};
 pub use stats::PipelineStats;
@@ -355,13 +355,14 @@ impl Pipeline {
         let token = delivery.token;
         let datapoints = delivery.task.data_points.len() as u64;
         match intake.admit(delivery) {
-            Some(work) => {
+            Admission::Process(work) => {
                 shared.in_flight.fetch_add(1, Ordering::SeqCst);
                 shared.stats.tasks_accepted.inc();
                 shared.stats.datapoints_accepted.add(datapoints);
                 shared.dispatch(work);
             }
-            None => broker::skip_duplicate(shared, intake, token),
+            Admission::Applied => broker::skip_duplicate(shared, intake, token),
+            Admission::Held => shared.stats.duplicates_skipped.inc(),
         }
         true
     }

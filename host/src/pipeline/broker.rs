@@ -3,16 +3,22 @@
 //!
 //! * A delivery is acknowledged only after the batch holding its writes is committed (DP3
 //!   acks before processing and loses the task when the worker dies).
-//! * Hook outputs are published to the priority queues of the workers their keys route to,
-//!   and confirmed by the broker, *before* their parent's batch commits; they are never
-//!   dispatched locally (a worker's own outputs come back through its own priority queue).
+//! * Hook outputs go through a transactional outbox: the batch that produced them commits
+//!   them into a store metadata slot together with its writes; after the commit they are
+//!   published to the priority queues of the workers their keys route to, and the slot is
+//!   marked done once the broker confirmed them. A worker that dies in between re-publishes
+//!   unfinished slots at start. So an output is never applied before its parent's writes are
+//!   committed, and a parent processed twice (its batch never committed) publishes its
+//!   outputs only once. Outputs are never dispatched locally (a worker's own outputs come
+//!   back through its own priority queue).
 //! * At-least-once delivery becomes exactly-once application by message id: every batch
 //!   commits the ids it applied into a ring of store metadata slots (atomically with its
 //!   writes), and a delivery that may be a copy of an applied message — the broker
-//!   redelivered it, or its parent was such a delivery — is checked against that window
+//!   redelivered it, its parent was such a delivery, or it was re-published after a failed
+//!   or unconfirmed publish — is checked against that window
 //!   (acked and skipped when found) and against the ids still in flight (acked together
 //!   with the original when that commits). Hook outputs get ids derived from their parent's id
-//!   and their index, so re-processing a redelivered parent re-publishes the same ids.
+//!   and their index, so every re-publication carries the same ids.
 //!
 //! Only possible duplicates are looked up, so the window costs a sorted `Vec<u64>` per batch
 //! and a binary search per slot for the (rare) flagged deliveries.
@@ -21,8 +27,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
-use dp3_model::DataPointTask;
-use dp3_store::Store;
+use dp3_model::validate::{task_from_wire_json, task_to_wire_json};
+use dp3_model::{DataPointTask, ModelSpec};
+use dp3_store::{Store, WriteBatch};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
@@ -59,6 +66,66 @@ pub struct Delivery {
 /// Store metadata key of one applied-id slot of `worker`.
 fn slot_key(worker: u32, batch: u64) -> String {
     format!("worker/{worker}/applied/{}", batch % SLOTS)
+}
+
+/// Store metadata key of one outbox slot of `worker`.
+fn outbox_key(worker: u32, batch: u64) -> String {
+    format!("worker/{worker}/outbox/{}", batch % SLOTS)
+}
+
+/// Hook outputs of one committed batch, waiting to be published.
+#[derive(Debug, Clone, PartialEq)]
+struct Outbox {
+    batch: u64,
+    tasks: Vec<DataPointTask>,
+    tags: Vec<MessageTag>,
+}
+
+impl Outbox {
+    /// Tasks in DP3's wire JSON (the message body), with their ids and flags.
+    fn to_document(&self) -> Document {
+        let messages: Vec<Bson> = self
+            .tasks
+            .iter()
+            .zip(&self.tags)
+            .map(|(t, tag)| {
+                Bson::Document(doc! {
+                    "id": &tag.message_id,
+                    "dup": tag.maybe_duplicate,
+                    "body": task_to_wire_json(t),
+                })
+            })
+            .collect();
+        doc! { "batch": self.batch as i64, "done": false, "messages": messages }
+    }
+
+    /// `None` for a done or unreadable slot (the reason is logged by the caller).
+    fn from_document(model: &ModelSpec, d: &Document) -> Result<Option<Outbox>, String> {
+        if d.get_bool("done").unwrap_or(true) {
+            return Ok(None);
+        }
+        let batch = d
+            .get_i64("batch")
+            .ok()
+            .and_then(|b| u64::try_from(b).ok())
+            .ok_or("no batch number")?;
+        let mut out = Outbox {
+            batch,
+            tasks: Vec::new(),
+            tags: Vec::new(),
+        };
+        for m in d.get_array("messages").map_err(|e| e.to_string())? {
+            let m = m.as_document().ok_or("message is not a document")?;
+            let body = m.get_str("body").map_err(|e| e.to_string())?;
+            let task = task_from_wire_json(model, body.as_bytes()).map_err(|e| e.to_string())?;
+            out.tasks.push(task);
+            out.tags.push(MessageTag {
+                message_id: m.get_str("id").map_err(|e| e.to_string())?.to_owned(),
+                maybe_duplicate: m.get_bool("dup").unwrap_or(true),
+            });
+        }
+        Ok(Some(out))
+    }
 }
 
 /// The dedupe key of a message id (ids are random or derived by hashing, so 64 bits of a
@@ -112,17 +179,28 @@ pub(super) struct BrokerIntake {
     /// Delivered but not committed: token → dedupe key.
     pending: Mutex<HashMap<u64, u64>>,
     dedupe: Mutex<Dedupe>,
+    /// Outboxes a previous run committed but did not finish publishing (oldest first).
+    unfinished: Mutex<Vec<Outbox>>,
 }
 
 impl BrokerIntake {
     /// Load the applied-id window of `worker` from the store.
     pub(super) fn open(
         store: &dyn Store,
+        model: &ModelSpec,
         link: Arc<dyn BrokerLink>,
         worker: u32,
     ) -> Result<BrokerIntake, PipelineError> {
+        let mut unfinished = Vec::new();
         let mut slots = Vec::new();
         for slot in 0..SLOTS {
+            if let Some(d) = store.get_meta(&outbox_key(worker, slot))? {
+                match Outbox::from_document(model, &d) {
+                    Ok(Some(o)) => unfinished.push(o),
+                    Ok(None) => {}
+                    Err(e) => warn!(worker, slot, error = %e, "unreadable outbox slot ignored"),
+                }
+            }
             let Some(d) = store.get_meta(&slot_key(worker, slot))? else {
                 continue;
             };
@@ -132,6 +210,7 @@ impl BrokerIntake {
             }
         }
         slots.sort_by_key(|(batch, _)| *batch);
+        unfinished.sort_by_key(|o| o.batch);
         let next_batch = slots.last().map_or(0, |(b, _)| b + 1);
         let ids: usize = slots.iter().map(|(_, k)| k.len()).sum();
         if ids > 0 {
@@ -147,6 +226,7 @@ impl BrokerIntake {
                 copies: HashMap::new(),
                 next_batch,
             }),
+            unfinished: Mutex::new(unfinished),
         })
     }
 
@@ -197,38 +277,86 @@ fn decode_slot(d: &Document) -> Option<(u64, Vec<u64>)> {
     Some((batch, keys))
 }
 
-/// The writer's broker-mode settlement: publish children before the commit, commit the
-/// batch's applied ids with it, ack after it.
+/// The writer's broker-mode settlement: commit the batch's applied ids and hook outputs
+/// (outbox) with it, then ack its deliveries and publish the outbox.
 pub(super) struct BrokerSettlement {
     intake: Arc<BrokerIntake>,
-    /// The batch being written: (batch number, its tokens, their sorted keys).
-    current: Option<(u64, Vec<u64>, Vec<u64>)>,
+    /// Hook outputs of the batch being written.
+    children: Option<(Vec<DataPointTask>, Vec<MessageTag>)>,
+    /// The batch being written: (batch number, its tokens, their sorted keys, its outbox).
+    current: Option<(u64, Vec<u64>, Vec<u64>, Option<Outbox>)>,
 }
 
 impl BrokerSettlement {
     pub(super) fn new(intake: Arc<BrokerIntake>) -> Self {
         BrokerSettlement {
             intake,
+            children: None,
             current: None,
         }
+    }
+
+    /// Publish an outbox until the broker confirms it, then mark its slot done. After a
+    /// failed attempt every message is flagged as a possible copy: the broker may have
+    /// stored it although the confirm never arrived. `false`: gave up at shutdown (the slot
+    /// stays unfinished and is published at the next start).
+    fn publish(&self, shared: &Shared, mut outbox: Outbox, stopping: bool) -> bool {
+        let link = &self.intake.link;
+        let published = retry(shared, stopping, "RabbitMQ publish", None, || {
+            let result = link.publish_generated(&outbox.tasks, &outbox.tags);
+            if result.is_err() {
+                for tag in &mut outbox.tags {
+                    tag.maybe_duplicate = true;
+                }
+            }
+            result
+        });
+        if published.is_none() {
+            return false;
+        }
+        let done = WriteBatch {
+            meta: vec![(
+                outbox_key(self.intake.worker, outbox.batch),
+                doc! { "batch": outbox.batch as i64, "done": true },
+            )],
+            ..WriteBatch::default()
+        };
+        // If this fails the outbox is published once more at the next start (flagged).
+        if let Err(e) = shared.store.apply(&done) {
+            warn!(error = %e, "cannot mark an outbox slot done");
+        }
+        true
     }
 }
 
 impl Settlement for BrokerSettlement {
+    fn start(&mut self, shared: &Shared) {
+        let unfinished = std::mem::take(&mut *self.intake.unfinished.lock());
+        for mut outbox in unfinished {
+            info!(
+                batch = outbox.batch,
+                tasks = outbox.tasks.len(),
+                "publishing hook outputs of a previous run"
+            );
+            for tag in &mut outbox.tags {
+                tag.maybe_duplicate = true;
+            }
+            if !self.publish(shared, outbox, false) {
+                return;
+            }
+        }
+    }
+
     fn persist_children(
         &mut self,
-        shared: &Shared,
+        _shared: &Shared,
         children: Vec<DataPointTask>,
         tags: Vec<MessageTag>,
-        stopping: bool,
+        _stopping: bool,
     ) -> Option<()> {
-        if children.is_empty() {
-            return Some(());
-        }
-        let link = &self.intake.link;
-        retry(shared, stopping, "RabbitMQ publish", || {
-            link.publish_generated(&children, &tags)
-        })
+        // Made durable by the batch itself (see `batch_meta`).
+        self.children = Some((children, tags));
+        Some(())
     }
 
     fn batch_meta(&mut self, completions: &[Completion]) -> Vec<(String, Document)> {
@@ -248,16 +376,22 @@ impl Settlement for BrokerSettlement {
             dedupe.next_batch += 1;
             b
         };
-        let meta = vec![(
-            slot_key(self.intake.worker, batch),
-            encode_slot(batch, &keys),
-        )];
-        self.current = Some((batch, tokens, keys));
+        let worker = self.intake.worker;
+        let mut meta = vec![(slot_key(worker, batch), encode_slot(batch, &keys))];
+        let outbox = match self.children.take() {
+            Some((tasks, tags)) if !tasks.is_empty() => {
+                let outbox = Outbox { batch, tasks, tags };
+                meta.push((outbox_key(worker, batch), outbox.to_document()));
+                Some(outbox)
+            }
+            _ => None,
+        };
+        self.current = Some((batch, tokens, keys, outbox));
         meta
     }
 
-    fn committed(&mut self, _shared: &Shared, _completions: &[Completion]) {
-        let Some((batch, mut tokens, keys)) = self.current.take() else {
+    fn committed(&mut self, shared: &Shared, _completions: &[Completion]) {
+        let Some((batch, mut tokens, keys, outbox)) = self.current.take() else {
             return;
         };
         {
@@ -279,7 +413,17 @@ impl Settlement for BrokerSettlement {
                 dedupe.applied.pop_front();
             }
         }
+        // The batch (with its outbox) is durable: the deliveries can go.
         self.intake.link.ack(tokens);
+        if let Some(outbox) = outbox
+            && !self.publish(
+                shared,
+                outbox,
+                shared.lanes_stop.load(std::sync::atomic::Ordering::SeqCst),
+            )
+        {
+            warn!(batch, "hook outputs left in the outbox for the next start");
+        }
     }
 }
 
@@ -302,6 +446,30 @@ pub(super) fn tag_children(parent: &MessageTag, count: usize) -> Vec<MessageTag>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outbox_round_trips_through_wire_json() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/dp3-test-config");
+        let model = dp3_model::config::load_config_dir(&dir).unwrap().model;
+        let task = dp3_model::validate::task_from_wire_json(
+            &model,
+            br#"{"etype":"test_entity_type","eid":"e1","data_points":[{"etype":"test_entity_type","eid":"e1","attr":"test_attr_int","v":5,"c":1.0}]}"#,
+        )
+        .unwrap();
+        let outbox = Outbox {
+            batch: 3,
+            tasks: vec![task],
+            tags: vec![MessageTag {
+                message_id: "abc".into(),
+                maybe_duplicate: false,
+            }],
+        };
+        let back = Outbox::from_document(&model, &outbox.to_document()).unwrap();
+        assert_eq!(back, Some(outbox));
+        let done = doc! {"batch": 3i64, "done": true};
+        assert_eq!(Outbox::from_document(&model, &done).unwrap(), None);
+    }
 
     #[test]
     fn slots_round_trip_and_child_ids_are_stable() {

@@ -245,7 +245,7 @@ impl Pipeline {
             Intake::AcceptLog(log) => (Some(log), None),
             Intake::Broker { link, worker } => (
                 None,
-                Some(Arc::new(BrokerIntake::open(&*store, link, worker)?)),
+                Some(Arc::new(BrokerIntake::open(&*store, &model, link, worker)?)),
             ),
         };
         let shared = Arc::new(Shared {

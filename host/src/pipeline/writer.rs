@@ -13,6 +13,7 @@ use dp3_store::{Store, WriteBatch};
 use tracing::{error, warn};
 
 use super::staging::{Completion, MessageTag, Position};
+use super::stats::Counter;
 use super::{PipelineConfig, PipelineError, Shared, Work, lane_index};
 use crate::queue::accept_log::{AcceptLog, NewRow, RowKind};
 
@@ -187,6 +188,8 @@ pub(super) fn check_generated(
 /// How a batch's tasks are made durable and released: the accept log with watermarks
 /// (`dp3 run`, [`LogSettlement`]) or RabbitMQ acks (`dp3 worker`, `super::broker`).
 pub(super) trait Settlement: Send {
+    /// Once, when the writer starts (broker mode: publish what a previous run left).
+    fn start(&mut self, _shared: &Shared) {}
     /// Make the batch's validated hook outputs durable before the batch commits (`tags`
     /// is parallel to `children` in broker mode, empty otherwise). `None`: gave up at
     /// shutdown (the batch is not applied).
@@ -238,9 +241,13 @@ impl Settlement for LogSettlement {
             priority: true,
             tasks: &children,
         }];
-        let seqs = retry(shared, stopping, "accept log", || {
-            self.log.append(&row).map_err(|e| e.to_string())
-        })?;
+        let seqs = retry(
+            shared,
+            stopping,
+            "accept log",
+            Some(&shared.stats.apply_errors),
+            || self.log.append(&row).map_err(|e| e.to_string()),
+        )?;
         let seq = seqs.first().copied()?;
         self.state.generated_upto = seq;
         self.children = Some((seq, children));
@@ -294,6 +301,7 @@ impl Settlement for LogSettlement {
 /// transaction, then release its tasks.
 pub(super) fn run(shared: &Shared, mut settlement: Box<dyn Settlement>, stop: &AtomicBool) {
     let cfg = &shared.cfg;
+    settlement.start(shared);
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         if !stopping {
@@ -343,9 +351,13 @@ pub(super) fn run(shared: &Shared, mut settlement: Box<dyn Settlement>, stop: &A
             raw: buf.raw,
             meta: settlement.batch_meta(&buf.completions),
         };
-        if retry(shared, stopping, "store", || {
-            shared.store.apply(&batch).map_err(|e| e.to_string())
-        })
+        if retry(
+            shared,
+            stopping,
+            "store",
+            Some(&shared.stats.apply_errors),
+            || shared.store.apply(&batch).map_err(|e| e.to_string()),
+        )
         .is_none()
         {
             error!("giving up on a batch at shutdown; its tasks stay queued");
@@ -369,6 +381,7 @@ pub(super) fn retry<T>(
     shared: &Shared,
     stopping: bool,
     what: &str,
+    errors: Option<&Counter>,
     mut f: impl FnMut() -> Result<T, String>,
 ) -> Option<T> {
     let mut attempts = 0u32;
@@ -383,7 +396,9 @@ pub(super) fn retry<T>(
             }
             Err(e) => {
                 attempts += 1;
-                shared.stats.apply_errors.inc();
+                if let Some(c) = errors {
+                    c.inc();
+                }
                 error!(error = %e, attempts, "{what} write failed; retrying");
                 *shared.unavailable.lock() = Some(format!("{what} write failed: {e}"));
                 if stopping && attempts >= 3 {

@@ -73,6 +73,10 @@ impl SnapshotHooks for RegistryHooks {
         self.registry.run_timeseries_hooks(etype, master)
     }
 
+    fn needs_master(&self, etype: &str) -> bool {
+        self.registry.needs_master(etype)
+    }
+
     fn correlate(&self, unit: &mut Unit) -> Vec<DataPointTask> {
         // Move the documents into the registry's unit shape and back: no copies.
         let mut su = SnapshotUnit {

@@ -8,7 +8,7 @@ use bson::{Bson, Document};
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::history::HistoryItem;
-use crate::spec::{AttrKind, EntityType};
+use crate::spec::{AttrKind, EntityType, HistoryParams};
 
 /// Why a stored history item could not be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -252,27 +252,141 @@ pub fn current_values(entity: &EntityType, master: &Document, t: DateTime<Utc>) 
                 let history: Vec<HistoryItem> = items
                     .iter()
                     .filter_map(|i| history_item_from_bson(i).ok())
-                    .filter(|i| !is_expired(i, history_params.expire_time, t))
                     .collect();
-                let (pre, post) = (history_params.pre_validity, history_params.post_validity);
-                let conf_key = format!("{name}#c");
-                if *multi_value {
-                    if let Some((vals, confs)) = multi_value_current(&history, pre, post, t) {
-                        values.insert(name.clone(), Bson::Array(vals));
-                        values.insert(
-                            conf_key,
-                            Bson::Array(confs.into_iter().map(Bson::Double).collect()),
-                        );
+                insert_observation(&mut values, name, *multi_value, history_params, &history, t);
+            }
+            AttrKind::Timeseries { .. } => {}
+        }
+    }
+    values
+}
+
+/// The stored attributes of one entity without DP3's master-record document around them:
+/// what the snapshooter's read path gets from the store (building a BSON master record per
+/// entity dominated snapshot runs). [`current_values_of`] gives exactly what
+/// [`current_values`] gives for the equivalent master record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoredRecord {
+    /// Plain attributes `(name, value)`.
+    pub plain: Vec<(String, Bson)>,
+    /// Observations and timeseries attributes `(name, items in stored order)`.
+    pub history: Vec<(String, Vec<HistoryItem>)>,
+}
+
+impl StoredRecord {
+    /// The record of a master record in DP3's shape (metadata keys are dropped, plain
+    /// values without `v` and malformed history items are skipped, as [`current_values`]
+    /// skips them).
+    pub fn from_master(master: &Document) -> StoredRecord {
+        let mut r = StoredRecord::default();
+        for (k, v) in master {
+            if k == "_id" || k.starts_with('#') {
+                continue;
+            }
+            match v {
+                Bson::Document(d) => {
+                    if let Some(v) = d.get("v") {
+                        r.plain.push((k.clone(), v.clone()));
                     }
-                } else if let Some((v, conf)) = single_value_current(&history, pre, post, t) {
-                    values.insert(name.clone(), v);
-                    values.insert(conf_key, Bson::Double(conf));
+                }
+                Bson::Array(items) => {
+                    let items = items
+                        .iter()
+                        .filter_map(|i| history_item_from_bson(i).ok())
+                        .collect();
+                    r.history.push((k.clone(), items));
+                }
+                _ => {}
+            }
+        }
+        r
+    }
+
+    /// History items of `name` (a stored history wins over a plain value of the same name,
+    /// as in the master record the store assembles).
+    fn items(&self, name: &str) -> Option<&[HistoryItem]> {
+        self.history
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, i)| i.as_slice())
+    }
+
+    fn plain_value(&self, name: &str) -> Option<&Bson> {
+        self.plain.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+}
+
+/// [`current_values`] of an entity read as a [`StoredRecord`] (`eid` is the entity id as
+/// BSON, the master record's `_id`).
+pub fn current_values_of(
+    entity: &EntityType,
+    eid: Bson,
+    record: &StoredRecord,
+    t: DateTime<Utc>,
+) -> Document {
+    let mut values = Document::new();
+    values.insert("eid", eid);
+    for (name, spec) in &entity.attribs {
+        if spec.mirror_of.is_some() {
+            continue;
+        }
+        match &spec.kind {
+            AttrKind::Plain { .. } => {
+                if record.items(name).is_none()
+                    && let Some(v) = record.plain_value(name)
+                {
+                    values.insert(name.clone(), v.clone());
+                }
+            }
+            AttrKind::Observations {
+                multi_value,
+                history_params,
+                ..
+            } => {
+                if let Some(items) = record.items(name) {
+                    insert_observation(&mut values, name, *multi_value, history_params, items, t);
                 }
             }
             AttrKind::Timeseries { .. } => {}
         }
     }
     values
+}
+
+/// The current value of one observations attribute (with `<attr>#c`), if it has one.
+fn insert_observation(
+    values: &mut Document,
+    name: &str,
+    multi_value: bool,
+    params: &HistoryParams,
+    items: &[HistoryItem],
+    t: DateTime<Utc>,
+) {
+    // Only an `expire_time` needs a filtered copy (the default never expires).
+    let filtered: Vec<HistoryItem>;
+    let history = if params.expire_time.is_some() {
+        filtered = items
+            .iter()
+            .filter(|i| !is_expired(i, params.expire_time, t))
+            .cloned()
+            .collect();
+        filtered.as_slice()
+    } else {
+        items
+    };
+    let (pre, post) = (params.pre_validity, params.post_validity);
+    if multi_value {
+        if let Some((vals, confs)) = multi_value_current(history, pre, post, t) {
+            values.insert(name, Bson::Array(vals));
+            values.insert(
+                format!("{name}#c"),
+                Bson::Array(confs.into_iter().map(Bson::Double).collect()),
+            );
+        }
+    } else if let Some((v, conf)) = single_value_current(history, pre, post, t) {
+        values.insert(name, v);
+        values.insert(format!("{name}#c"), Bson::Double(conf));
+    }
 }
 
 #[cfg(test)]
@@ -722,5 +836,47 @@ mod tests {
                 .get("speed")
                 .is_some()
         );
+    }
+
+    /// The record read path computes exactly what the master-record path computes, on
+    /// well-formed, malformed, mixed-shape and expiring records.
+    #[test]
+    fn stored_records_give_the_same_current_values_as_master_records() {
+        let a = item(Bson::Double(50.0), "12:00", "12:02", 0.8);
+        let b = item(Bson::Double(60.0), "12:10", "12:11", 1.0);
+        let p1 = item(Bson::Int64(1), "12:00", "12:10", 1.0);
+        let p2 = item(Bson::Int32(1), "12:05", "12:20", 0.5);
+        let masters = [
+            doc! {
+                "_id": "bus-42", "#hash": 17, "#min_t2s": {"speed": 1},
+                "speed": [stored(&a), stored(&b)],
+                "label": {"v": "Night line", "ts_last_update": crate::value::time(at("11:00"))},
+                "passengers": [stored(&p1), stored(&p2), stored(&p1)],
+                "load": [{"t1": crate::value::time(at("12:00")), "t2": crate::value::time(at("12:00")), "v": 3}],
+                "retired_attr": {"v": 1},
+            },
+            doc! {"_id": 7, "speed": [stored(&b), "garbage", {"t1": 5, "t2": 6, "v": 1.0}], "label": "bad"},
+            // shapes that do not fit the configured kind are skipped
+            doc! {"_id": 8, "speed": {"v": 1.0}, "label": [stored(&a)], "passengers": {"x": 1}},
+            doc! {"_id": 9, "label": {"ts_last_update": 1}},
+            doc! {"_id": 10},
+        ];
+        let mut expiring = bus();
+        if let Some(AttrKind::Observations { history_params, .. }) =
+            expiring.attribs.get_mut("speed").map(|a| &mut a.kind)
+        {
+            history_params.expire_time = Some(mins(2));
+        }
+        for entity in [bus(), expiring] {
+            for master in &masters {
+                for t in ["11:55", "12:01", "12:07", "12:13", "12:30", "14:00"] {
+                    let want = current_values(&entity, master, at(t));
+                    let record = StoredRecord::from_master(master);
+                    let id = master.get("_id").cloned().expect("id");
+                    let got = current_values_of(&entity, id, &record, at(t));
+                    assert_eq!(got, want, "{master} at {t}");
+                }
+            }
+        }
     }
 }

@@ -121,6 +121,8 @@ pub struct HookRegistry {
     timeseries: HashMap<(String, String), Vec<Entry<TimeseriesHookFn>>>,
     graph: DependencyGraph,
     correlation: Vec<CorrelationHook>,
+    /// Entity types with correlation hooks that take the master record.
+    master_hooked: BTreeSet<String>,
     used_links: BTreeSet<(String, String)>,
     max_link_depth: usize,
     snapshot_init: Vec<Entry<RunHookFn>>,
@@ -389,13 +391,17 @@ impl HookRegistryBuilder {
                 self.entity_exists(&entity)?;
                 let deps = self.resolve_all(&entity, &depends_on)?;
                 let changes = self.resolve_all(&entity, &may_change)?;
-                let f: CorrFn = match hook {
-                    CorrelationFn::Values(h) => {
-                        Arc::new(move |e: &str, v: &mut Document, _m: &Document| h(e, v))
-                    }
-                    CorrelationFn::WithMaster(h) => h,
+                let (f, with_master): (CorrFn, bool) = match hook {
+                    CorrelationFn::Values(h) => (
+                        Arc::new(move |e: &str, v: &mut Document, _m: &Document| h(e, v)),
+                        false,
+                    ),
+                    CorrelationFn::WithMaster(h) => (h, true),
                 };
                 self.add_correlation(&r, health, &entity, deps, changes, f, "")?;
+                if with_master {
+                    self.reg.master_hooked.insert(entity);
+                }
             }
             Hook::SnapshotInit(f) => {
                 let id = self.claim(&r, "snapshot_run_init", vec![])?;
@@ -698,6 +704,13 @@ impl HookRegistry {
     /// Links traversed by correlation-hook paths `(entity, relation attr)` (core.md §5.4).
     pub fn used_links(&self) -> &BTreeSet<(String, String)> {
         &self.used_links
+    }
+
+    /// Whether snapshot hooks of `etype` read master records: timeseries hooks, or
+    /// correlation hooks registered with the master record. Without them the snapshooter
+    /// skips building master records.
+    pub fn needs_master(&self, etype: &str) -> bool {
+        self.master_hooked.contains(etype) || self.timeseries.keys().any(|(e, _)| e == etype)
     }
 
     /// Ids of the correlation hooks in dispatch (topological) order.

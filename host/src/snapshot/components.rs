@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use bson::Bson;
 use chrono::{DateTime, Utc};
 use dp3_model::{Eid, ModelSpec};
-use dp3_store::{LinkKey, MasterScan, Store};
+use dp3_store::{LinkKey, MasterScan, Store, StoredRecord};
 
 /// An entity of a component.
 pub type Member = (String, Eid);
@@ -73,45 +73,79 @@ pub fn linked_components(
         }
     }
 
+    // Breadth-first in waves: the records of a wave are read with one store call per entity
+    // type, then processed in queue order (so members, and with them unit order and hook
+    // order, come out exactly as when reading one entity at a time).
     let mut loaded: HashSet<usize> = HashSet::new();
     let mut empty: HashSet<usize> = HashSet::new();
-    while let Some(i) = queue.pop_front() {
-        if !loaded.insert(i) {
-            continue;
-        }
-        let (etype, eid) = members[i].clone();
-        let attrs: Vec<&str> = used_links
+    let link_attrs = |etype: &str| -> Vec<String> {
+        used_links
             .iter()
-            .filter(|(e, _)| *e == etype)
-            .map(|(_, a)| a.as_str())
-            .collect();
-        let Some(entity) = model.entity(&etype) else {
-            continue;
-        };
-        // Only the used link attributes are needed to follow links.
-        let projection: Vec<String> = attrs.iter().map(|a| (*a).to_owned()).collect();
-        let master = store.get_master_projected(&etype, &eid, &projection)?;
-        let Some(master) = master else {
-            empty.insert(i);
-            continue;
-        };
-        if attrs.is_empty() {
-            continue;
+            .filter(|(e, _)| e == etype)
+            .map(|(_, a)| a.clone())
+            .collect()
+    };
+    while !queue.is_empty() {
+        let mut wave: Vec<usize> = Vec::new();
+        while wave.len() < BFS_WAVE
+            && let Some(i) = queue.pop_front()
+        {
+            if loaded.insert(i) {
+                wave.push(i);
+            }
         }
-        let values = dp3_model::current::current_values(entity, &master, time);
-        for attr in attrs {
-            let Some(target) = model
-                .attr(&etype, attr)
-                .and_then(|a| a.data_type())
-                .and_then(|d| d.link_target())
-            else {
+        let mut records: HashMap<usize, Option<StoredRecord>> = HashMap::new();
+        let mut types: Vec<&str> = Vec::new();
+        for &i in &wave {
+            let etype = members[i].0.as_str();
+            if model.entity(etype).is_some() && !types.contains(&etype) {
+                types.push(etype);
+            }
+        }
+        for etype in types {
+            // Only the used link attributes are needed to follow links.
+            let attrs = link_attrs(etype);
+            let idx: Vec<usize> = wave
+                .iter()
+                .copied()
+                .filter(|&i| members[i].0 == etype)
+                .collect();
+            let eids: Vec<Eid> = idx.iter().map(|&i| members[i].1.clone()).collect();
+            let got = store.get_records(etype, &eids, Some(&attrs))?;
+            records.extend(idx.into_iter().zip(got));
+        }
+        for i in wave {
+            let Some(record) = records.remove(&i) else {
+                continue; // unknown entity type
+            };
+            let Some(record) = record else {
+                empty.insert(i);
                 continue;
             };
-            for eid in link_eids(values.get(attr)) {
-                let j = intern((target.to_owned(), eid), &mut members, &mut parent);
-                union(&mut parent, i, j);
-                if !loaded.contains(&j) {
-                    queue.push_back(j);
+            let (etype, eid) = members[i].clone();
+            let Some(entity) = model.entity(&etype) else {
+                continue;
+            };
+            let attrs = link_attrs(&etype);
+            if attrs.is_empty() {
+                continue;
+            }
+            let values =
+                dp3_model::current::current_values_of(entity, eid.to_bson(), &record, time);
+            for attr in &attrs {
+                let Some(target) = model
+                    .attr(&etype, attr)
+                    .and_then(|a| a.data_type())
+                    .and_then(|d| d.link_target())
+                else {
+                    continue;
+                };
+                for eid in link_eids(values.get(attr)) {
+                    let j = intern((target.to_owned(), eid), &mut members, &mut parent);
+                    union(&mut parent, i, j);
+                    if !loaded.contains(&j) {
+                        queue.push_back(j);
+                    }
                 }
             }
         }
@@ -151,8 +185,41 @@ pub fn link_eids(v: Option<&Bson>) -> Vec<Eid> {
     }
 }
 
+/// Entities read per store call while following links.
+const BFS_WAVE: usize = 512;
+
 /// Page size of linkless scans.
 pub const SCAN_PAGE: usize = 256;
+
+/// Stream the eids of one partition of an entity type in pages, calling `f` per page
+/// (bounded memory; records are read by the caller, only for the entities it needs).
+pub fn scan_eid_pages(
+    store: &dyn Store,
+    etype: &str,
+    partition: (u32, u32),
+    mut f: impl FnMut(Vec<Eid>) -> dp3_store::Result<()>,
+) -> dp3_store::Result<()> {
+    let mut after: Option<Eid> = None;
+    loop {
+        let page = store.scan_eids(
+            etype,
+            &MasterScan {
+                after: after.clone(),
+                limit: SCAN_PAGE,
+                partition: Some(partition),
+                projection: None,
+            },
+        )?;
+        let n = page.len();
+        after = page.last().cloned();
+        if n > 0 {
+            f(page)?;
+        }
+        if n < SCAN_PAGE || after.is_none() {
+            return Ok(());
+        }
+    }
+}
 
 /// Stream the master records of one partition of an entity type in pages, calling `f` per
 /// page (bounded memory).

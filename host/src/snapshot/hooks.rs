@@ -24,6 +24,14 @@ pub trait SnapshotHooks: Send + Sync {
         Vec::new()
     }
 
+    /// Whether the hooks of `etype` read master records ([`Self::timeseries`] and
+    /// correlation hooks that take the master record). When they do not, the snapshooter
+    /// computes current values from stored rows and passes an empty master record.
+    /// Defaults to true (always correct).
+    fn needs_master(&self, _etype: &str) -> bool {
+        true
+    }
+
     /// Timeseries hooks of every hooked timeseries attribute present in the master record
     /// of one entity of type `etype` (core.md §3.6).
     fn timeseries(&self, _etype: &str, _master: &Document) -> Vec<DataPointTask> {
@@ -42,7 +50,11 @@ pub trait SnapshotHooks: Send + Sync {
 /// No hooks.
 pub struct NoSnapshotHooks;
 
-impl SnapshotHooks for NoSnapshotHooks {}
+impl SnapshotHooks for NoSnapshotHooks {
+    fn needs_master(&self, _etype: &str) -> bool {
+        false
+    }
+}
 
 /// Where the snapshooter gets the current hooks from (swapped on plugin reload; one run
 /// uses one snapshot of them).

@@ -8,12 +8,16 @@
 //! record: the intended behaviour DP3's code crashes on) → current values → mirror
 //! attributes from the link cache → correlation hooks → snapshot stored. Hook outputs go to
 //! the normal queue through the [`TaskSubmitter`].
+//!
+//! Reads: entity types whose hooks do not read master records (most) get their current
+//! values straight from stored rows ([`Store::get_records`], one call per type and batch);
+//! the others get master records as before. Snapshots are saved in large batches.
 
 pub mod components;
 pub mod hooks;
 pub mod unit;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,14 +25,14 @@ use std::time::{Duration, Instant};
 use bson::{Bson, Document, doc};
 use chrono::{DateTime, Utc};
 use dp3_model::{AttrKind, DataPointTask, Eid, ModelSpec};
-use dp3_store::{LinkKey, Store};
+use dp3_store::{LinkKey, Store, StoredRecord};
 use parking_lot::Mutex;
 use tracing::{error, info, warn};
 
 use crate::background::submit::submit_all;
 use crate::clock::Clock;
 use crate::queue::TaskSubmitter;
-use components::{Member, linked_components, scan_partition};
+use components::{Member, linked_components, scan_eid_pages};
 use hooks::{SnapshotHookSource, SnapshotHooks};
 use unit::{Unit, UnitEntity};
 
@@ -66,8 +70,8 @@ pub struct SnapShooter {
     running: Mutex<()>,
 }
 
-/// Snapshots are saved in groups of this many per store call.
-const SAVE_BATCH: usize = 256;
+/// Snapshots are saved in groups of about this many per store call.
+const SAVE_BATCH: usize = 4096;
 
 impl SnapShooter {
     pub fn new(
@@ -113,10 +117,17 @@ impl SnapShooter {
             "linked_finished": false,
         })?;
 
+        let reads = self
+            .model
+            .entities
+            .iter()
+            .map(|(etype, e)| (etype.clone(), ReadPlan::new(hooks.as_ref(), etype, e)))
+            .collect();
         let ctx = RunCtx {
             shooter: self,
             hooks: hooks.as_ref(),
             used_links: hooks.used_links(),
+            reads,
             time,
             entities: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -138,13 +149,20 @@ impl SnapShooter {
         std::thread::scope(|s| {
             for _ in 0..self.threads {
                 s.spawn(|| {
+                    // Snapshots of many components are saved together: every write
+                    // transaction costs the readers their page caches.
+                    let mut pending = Vec::new();
                     loop {
                         let Some(c) = queue.lock().pop() else { break };
-                        if let Err(e) = ctx.snapshot_component(c) {
+                        if let Err(e) = ctx.snapshot_component(c, &mut pending) {
                             error!(error = %e, "snapshot of a linked component failed");
                             ctx.failures.fetch_add(1, Ordering::Relaxed);
                         }
+                        if pending.len() >= SAVE_BATCH {
+                            ctx.save_counted(std::mem::take(&mut pending));
+                        }
                     }
+                    ctx.save_counted(pending);
                 });
             }
         });
@@ -165,9 +183,13 @@ impl SnapShooter {
                         if !entity.spec.snapshot {
                             continue;
                         }
-                        let res = scan_partition(&*self.store, etype, (p, parts), |page| {
-                            ctx.snapshot_linkless(etype, page, in_components)
+                        let mut pending = Vec::new();
+                        let res = scan_eid_pages(&*self.store, etype, (p, parts), |page| {
+                            ctx.snapshot_linkless(etype, page, in_components, &mut pending)
                         });
+                        // What was made before a failure is still saved.
+                        let saved = ctx.save(pending);
+                        let res = res.and(saved);
                         if let Err(e) = res {
                             // As in DP3 the rest of this type on this partition is skipped
                             // this run; the next run recomputes everything.
@@ -228,11 +250,58 @@ impl SnapShooter {
     }
 }
 
+/// How the stored attributes of one entity type are read during a run.
+struct ReadPlan {
+    /// Hooks read master records: build them (the general path).
+    master: bool,
+    /// Attributes current values use, when the type also has others (timeseries) that
+    /// would be read for nothing; `None` = all.
+    attrs: Option<Vec<String>>,
+}
+
+impl ReadPlan {
+    fn new(hooks: &dyn SnapshotHooks, etype: &str, entity: &dp3_model::EntityType) -> ReadPlan {
+        let used = |a: &dp3_model::AttrSpec| {
+            a.mirror_of.is_none() && !matches!(a.kind, AttrKind::Timeseries { .. })
+        };
+        let attrs = (!entity.attribs.values().all(used)).then(|| {
+            entity
+                .attribs
+                .iter()
+                .filter(|(_, a)| used(a))
+                .map(|(n, _)| n.clone())
+                .collect()
+        });
+        ReadPlan {
+            master: hooks.needs_master(etype),
+            attrs,
+        }
+    }
+}
+
+/// The stored attributes of one entity as read for its snapshot.
+enum Stored {
+    /// A master record (when hooks need it).
+    Master(Option<Document>),
+    /// Rows only (the fast path).
+    Record(Option<StoredRecord>),
+}
+
+impl Stored {
+    fn exists(&self) -> bool {
+        match self {
+            Stored::Master(m) => m.is_some(),
+            Stored::Record(r) => r.is_some(),
+        }
+    }
+}
+
 /// State of one run, shared by its threads.
 struct RunCtx<'a> {
     shooter: &'a SnapShooter,
     hooks: &'a dyn SnapshotHooks,
     used_links: Vec<(String, String)>,
+    reads: HashMap<String, ReadPlan>,
     time: DateTime<Utc>,
     entities: AtomicU64,
     failures: AtomicU64,
@@ -246,24 +315,65 @@ impl RunCtx<'_> {
         }
     }
 
+    /// Read the stored attributes of entities of one type, in `eids` order.
+    fn load(&self, etype: &str, eids: Vec<Eid>) -> dp3_store::Result<Vec<(Eid, Stored)>> {
+        let store = &*self.shooter.store;
+        match self.reads.get(etype) {
+            Some(plan) if !plan.master => {
+                let records = store.get_records(etype, &eids, plan.attrs.as_deref())?;
+                Ok(eids
+                    .into_iter()
+                    .zip(records.into_iter().map(Stored::Record))
+                    .collect())
+            }
+            _ => eids
+                .into_iter()
+                .map(|eid| {
+                    let m = store.get_master(etype, &eid)?;
+                    Ok((eid, Stored::Master(m)))
+                })
+                .collect(),
+        }
+    }
+
     /// Timeseries hooks, current values and mirrors of one entity.
-    fn prepare(&self, etype: &str, eid: Eid, master: Option<Document>) -> Option<UnitEntity> {
+    fn prepare(&self, etype: &str, eid: Eid, stored: Stored) -> Option<UnitEntity> {
         let s = self.shooter;
         let entity = s.model.entity(etype)?;
-        let mut master = match master {
-            Some(m) => m,
-            None if s.keep_empty => doc! {"_id": eid.to_bson()},
-            None => return None,
-        };
-        // Timeseries hooks, with same-entity outputs folded into the record.
-        let out = self.hooks.timeseries(etype, &master);
-        for t in &out {
-            if t.etype == etype && t.eid == eid {
-                fold_task(&mut master, &s.model, t, self.time);
+        let (master, mut values) = match stored {
+            Stored::Master(master) => {
+                let mut master = match master {
+                    Some(m) => m,
+                    None if s.keep_empty => doc! {"_id": eid.to_bson()},
+                    None => return None,
+                };
+                // Timeseries hooks, with same-entity outputs folded into the record.
+                let out = self.hooks.timeseries(etype, &master);
+                for t in &out {
+                    if t.etype == etype && t.eid == eid {
+                        fold_task(&mut master, &s.model, t, self.time);
+                    }
+                }
+                self.add_tasks(out);
+                let values = dp3_model::current::current_values(entity, &master, self.time);
+                (master, values)
             }
-        }
-        self.add_tasks(out);
-        let mut values = dp3_model::current::current_values(entity, &master, self.time);
+            Stored::Record(record) => {
+                let record = match record {
+                    Some(r) => r,
+                    None if s.keep_empty => StoredRecord::default(),
+                    None => return None,
+                };
+                // No hook of this type reads master records (ReadPlan): none is built.
+                let values = dp3_model::current::current_values_of(
+                    entity,
+                    eid.to_bson(),
+                    &record,
+                    self.time,
+                );
+                (Document::new(), values)
+            }
+        };
         for (attr, spec) in &entity.attribs {
             let Some((src_etype, src_attr)) = &spec.mirror_of else {
                 continue;
@@ -290,12 +400,33 @@ impl RunCtx<'_> {
         })
     }
 
-    fn snapshot_component(&self, members: Vec<Member>) -> dp3_store::Result<()> {
+    fn snapshot_component(
+        &self,
+        members: Vec<Member>,
+        pending: &mut Vec<UnitEntity>,
+    ) -> dp3_store::Result<()> {
         let s = self.shooter;
+        // Read per entity type (one store call each), then prepare in unit order.
+        let mut stored: Vec<Option<(Eid, Stored)>> = (0..members.len()).map(|_| None).collect();
+        let mut types: Vec<&str> = Vec::new();
+        for (etype, _) in &members {
+            if !types.contains(&etype.as_str()) {
+                types.push(etype);
+            }
+        }
+        for etype in types {
+            let idx: Vec<usize> = (0..members.len())
+                .filter(|&i| members[i].0 == etype)
+                .collect();
+            let eids = idx.iter().map(|&i| members[i].1.clone()).collect();
+            for (i, got) in idx.into_iter().zip(self.load(etype, eids)?) {
+                stored[i] = Some(got);
+            }
+        }
         let mut entities = Vec::with_capacity(members.len());
-        for (etype, eid) in members {
-            let master = s.store.get_master(&etype, &eid)?;
-            if let Some(e) = self.prepare(&etype, eid, master) {
+        for ((etype, _), got) in members.iter().zip(stored) {
+            let Some((eid, got)) = got else { continue };
+            if let Some(e) = self.prepare(etype, eid, got) {
                 entities.push(e);
             }
         }
@@ -304,34 +435,49 @@ impl RunCtx<'_> {
             prune_missing_links(&mut unit, &s.model, &self.used_links);
         }
         self.add_tasks(self.hooks.correlate(&mut unit));
-        self.save(unit.entities)
+        pending.extend(unit.entities);
+        Ok(())
     }
 
     fn snapshot_linkless(
         &self,
         etype: &str,
-        page: Vec<Document>,
+        page: Vec<Eid>,
         in_components: &HashSet<Member>,
+        batch: &mut Vec<UnitEntity>,
     ) -> dp3_store::Result<()> {
-        let mut batch = Vec::with_capacity(page.len());
-        for master in page {
-            let Some(eid) = master.get("_id").and_then(Eid::from_bson) else {
-                continue;
-            };
-            if in_components.contains(&(etype.to_owned(), eid.clone())) {
+        let member = |eid: &Eid| (etype.to_owned(), eid.clone());
+        let page: Vec<Eid> = page
+            .into_iter()
+            .filter(|eid| !in_components.contains(&member(eid)))
+            .collect();
+        if page.is_empty() {
+            return Ok(());
+        }
+        for (eid, stored) in self.load(etype, page)? {
+            // Scanned but gone since: skipped, never a stub.
+            if !stored.exists() {
                 continue;
             }
-            let Some(e) = self.prepare(etype, eid, Some(master)) else {
+            let Some(e) = self.prepare(etype, eid, stored) else {
                 continue;
             };
             let mut unit = Unit::new(vec![e], false);
             self.add_tasks(self.hooks.correlate(&mut unit));
             batch.extend(unit.entities);
             if batch.len() >= SAVE_BATCH {
-                self.save(std::mem::take(&mut batch))?;
+                self.save(std::mem::take(batch))?;
             }
         }
-        self.save(batch)
+        Ok(())
+    }
+
+    /// [`Self::save`], counting a failure instead of returning it.
+    fn save_counted(&self, entities: Vec<UnitEntity>) {
+        if let Err(e) = self.save(entities) {
+            error!(error = %e, "saving snapshots of linked components failed");
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Store snapshots grouped by entity type.
@@ -454,3 +600,6 @@ fn fold_task(master: &mut Document, model: &ModelSpec, task: &DataPointTask, now
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

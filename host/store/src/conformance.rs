@@ -29,6 +29,7 @@ pub const CASES: &[Case] = &[
     ("batch_is_atomic", batch_is_atomic),
     ("ttl_tokens", ttl_tokens),
     ("scan_master", scan_master),
+    ("records_match_master_records", records_match_master_records),
     ("replace_histories", replace_histories),
     ("delete_old_history", delete_old_history),
     ("delete_cascade", delete_cascade),
@@ -394,6 +395,94 @@ fn scan_master(store: &dyn Store) {
         total += part.len();
     }
     assert_eq!(total, 5);
+}
+
+/// The snapshooter's read path ([`Store::get_records`], [`Store::scan_eids`]) agrees with
+/// master records and [`Store::scan_master`].
+fn records_match_master_records(store: &dyn Store) {
+    let mut ops = Vec::new();
+    for i in [5i64, -3, 100, 0, 42] {
+        let mut w = create("R", Eid::Int(i));
+        w.plain.push(("p".into(), Bson::Int64(i), at(0)));
+        w.plain
+            .push(("q".into(), Bson::String(format!("q{i}")), at(0)));
+        w.history.push(("o".into(), obs(0, 1, i, 0.5)));
+        w.history
+            .push(("o".into(), obs(2, 3, doc! {"eid": 1}, 0.75)));
+        w.history.push(("a".into(), obs(1, 2, 1.5, 1.0)));
+        if i > 0 {
+            w.history.push((
+                "ts".into(),
+                HistoryItem {
+                    t1: at(0),
+                    t2: at(5),
+                    v: Bson::Document(doc! {"x": [1, 2]}),
+                    c: None,
+                },
+            ));
+        }
+        ops.push(WriteOp::Entity(w));
+    }
+    ops.push(WriteOp::Entity(create("R", Eid::Int(7))));
+    apply(store, ops);
+    let sorted = |mut r: StoredRecord| {
+        r.plain.sort_by(|a, b| a.0.cmp(&b.0));
+        r.history.sort_by(|a, b| a.0.cmp(&b.0));
+        r
+    };
+    let eids: Vec<Eid> = [42i64, 9, -3, 7, 5, 0, 100].map(Eid::Int).to_vec();
+    let projections: [Option<Vec<String>>; 4] = [
+        None,
+        Some(vec![]),
+        Some(vec!["o".into(), "q".into(), "nope".into()]),
+        Some(vec!["ts".into()]),
+    ];
+    for projection in &projections {
+        let got = store
+            .get_records("R", &eids, projection.as_deref())
+            .expect("records");
+        assert_eq!(got.len(), eids.len());
+        for (eid, record) in eids.iter().zip(got) {
+            let master = match projection {
+                None => store.get_master("R", eid),
+                Some(p) => store.get_master_projected("R", eid, p),
+            }
+            .expect("master");
+            let want = master.as_ref().map(StoredRecord::from_master);
+            assert_eq!(record.map(sorted), want.map(sorted), "{eid} {projection:?}");
+        }
+    }
+    assert_eq!(
+        store.get_records("nothing", &eids, None).expect("records"),
+        vec![None; eids.len()]
+    );
+    for scan in [
+        MasterScan::default(),
+        MasterScan {
+            after: Some(Eid::Int(0)),
+            limit: 2,
+            ..Default::default()
+        },
+        MasterScan {
+            partition: Some((1, 2)),
+            projection: Some(vec!["p".into()]),
+            ..Default::default()
+        },
+    ] {
+        let want: Vec<Eid> = store
+            .scan_master("R", &scan)
+            .expect("scan")
+            .iter()
+            .filter_map(|d| d.get("_id").and_then(Eid::from_bson))
+            .collect();
+        assert_eq!(store.scan_eids("R", &scan).expect("scan eids"), want);
+    }
+    assert!(
+        store
+            .scan_eids("nothing", &MasterScan::default())
+            .expect("scan")
+            .is_empty()
+    );
 }
 
 fn replace_histories(store: &dyn Store) {

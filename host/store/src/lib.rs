@@ -70,6 +70,41 @@ pub trait Store: Send + Sync {
     /// Number of master records of an entity type (DP3's estimated count).
     fn count_master(&self, etype: &str) -> Result<u64>;
 
+    /// The stored attributes of several entities of one type, in `eids` order (`None` for
+    /// a missing entity), without building master-record documents: the snapshooter's
+    /// read path. `attrs` limits the attributes like [`Store::get_master_projected`]
+    /// (`Some(&[])` only checks existence). The default builds them from master records.
+    fn get_records(
+        &self,
+        etype: &str,
+        eids: &[Eid],
+        attrs: Option<&[String]>,
+    ) -> Result<Vec<Option<StoredRecord>>> {
+        eids.iter()
+            .map(|eid| {
+                let master = match attrs {
+                    Some(a) => self.get_master_projected(etype, eid, a)?,
+                    None => self.get_master(etype, eid)?,
+                };
+                Ok(master.as_ref().map(StoredRecord::from_master))
+            })
+            .collect()
+    }
+
+    /// The eids [`Store::scan_master`] would return for `scan` (its projection is
+    /// ignored), without reading the records. The default scans with an empty projection.
+    fn scan_eids(&self, etype: &str, scan: &MasterScan) -> Result<Vec<Eid>> {
+        let scan = MasterScan {
+            projection: Some(Vec::new()),
+            ..scan.clone()
+        };
+        Ok(self
+            .scan_master(etype, &scan)?
+            .iter()
+            .filter_map(|d| d.get("_id").and_then(Eid::from_bson))
+            .collect())
+    }
+
     /// Replace the history arrays of the given attributes of one record, but only if its
     /// `#revision` still equals `expected_revision` (optimistic concurrency, used by history
     /// aggregation and cleanup). An empty array removes the attribute and its `#min_t2s`.

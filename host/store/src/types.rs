@@ -3,6 +3,7 @@
 use bson::{Bson, Document};
 use chrono::{DateTime, Utc};
 pub use dp3_model::HistoryItem;
+pub use dp3_model::current::StoredRecord;
 use dp3_model::{DataPoint, Eid};
 
 /// A new entity's creation metadata (`#hash`, `#time_created`).

@@ -17,6 +17,7 @@ mod master;
 mod meta;
 mod names;
 mod raw;
+mod records;
 mod schema;
 mod snapshots;
 mod write;
@@ -196,6 +197,19 @@ impl Store for SqliteStore {
 
     fn count_master(&self, etype: &str) -> Result<u64> {
         self.read(|c, n| master::count_master(c, n, etype))
+    }
+
+    fn get_records(
+        &self,
+        etype: &str,
+        eids: &[Eid],
+        attrs: Option<&[String]>,
+    ) -> Result<Vec<Option<StoredRecord>>> {
+        self.read(|c, n| records::get_records(c, n, etype, eids, attrs))
+    }
+
+    fn scan_eids(&self, etype: &str, scan: &MasterScan) -> Result<Vec<Eid>> {
+        self.read(|c, n| records::scan_eids(c, n, etype, scan))
     }
 
     fn replace_histories(

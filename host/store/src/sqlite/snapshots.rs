@@ -29,47 +29,28 @@ pub fn save_snapshots(
 ) -> Result<()> {
     let et = names.require(conn, etype)?;
     let t = ms(time);
+    let mut history = conn
+        .prepare_cached(
+            "INSERT OR REPLACE INTO snapshot(etype, ekey, time, doc) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .db()?;
+    // The latest row: inserted with its first time, or replaced unless it is newer (an
+    // older snapshot arriving late).
+    let mut latest = conn
+        .prepare_cached(
+            "INSERT INTO snapshot_latest(etype, ekey, first_time, time, sort_key, doc) \
+             VALUES (?1, ?2, ?3, ?3, ?4, ?5) ON CONFLICT(etype, ekey) DO UPDATE \
+             SET time = excluded.time, doc = excluded.doc WHERE excluded.time >= snapshot_latest.time",
+        )
+        .db()?;
     for (eid, doc) in snapshots {
         let key = eid_key(eid);
         let mut doc = doc.clone();
         doc.insert("_time_created", bson_time(t));
         let bytes = encode_doc(&doc)?;
-        conn.prepare_cached(
-            "INSERT OR REPLACE INTO snapshot(etype, ekey, time, doc) VALUES (?1, ?2, ?3, ?4)",
-        )
-        .db()?
-        .execute(params![et, key, t, bytes])
-        .db()?;
-        let current: Option<(i64, i64)> = conn
-            .prepare_cached(
-                "SELECT first_time, time FROM snapshot_latest WHERE etype = ?1 AND ekey = ?2",
-            )
-            .db()?
-            .query_row(params![et, key], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
-            .db()?;
-        match current {
-            Some((_, latest)) if latest > t => {} // an older snapshot arriving late
-            Some((first, _)) => {
-                conn.prepare_cached(
-                    "UPDATE snapshot_latest SET time = ?3, doc = ?4 WHERE etype = ?1 AND ekey = ?2",
-                )
-                .db()?
-                .execute(params![et, key, t, bytes])
-                .db()?;
-                let _ = first;
-            }
-            None => {
-                let sort_key = bucket_sort_key(eid, time.timestamp());
-                conn.prepare_cached(
-                    "INSERT INTO snapshot_latest(etype, ekey, first_time, time, sort_key, doc) \
-                     VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
-                )
-                .db()?
-                .execute(params![et, key, t, sort_key, bytes])
-                .db()?;
-            }
-        }
+        history.execute(params![et, key, t, bytes]).db()?;
+        let sort_key = bucket_sort_key(eid, time.timestamp());
+        latest.execute(params![et, key, t, sort_key, bytes]).db()?;
     }
     Ok(())
 }

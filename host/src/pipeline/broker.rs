@@ -165,7 +165,7 @@ impl Dedupe {
 /// What to do with a delivery.
 pub(super) enum Admission {
     /// New: process it.
-    Process(Work),
+    Process(Box<Work>),
     /// A copy of an applied message: ack it now.
     Applied,
     /// A copy of a message in flight: acked when the original commits.
@@ -247,12 +247,12 @@ impl BrokerIntake {
             dedupe.in_flight.insert(key);
         }
         self.pending.lock().insert(d.token, key);
-        Admission::Process(Work {
+        Admission::Process(Box::new(Work {
             priority: d.priority,
             position: (d.token, 0),
             origin: Some(d.tag),
             task: d.task,
-        })
+        }))
     }
 }
 
@@ -277,14 +277,24 @@ fn decode_slot(d: &Document) -> Option<(u64, Vec<u64>)> {
     Some((batch, keys))
 }
 
+/// A batch between its metadata and its commit.
+struct Pending {
+    batch: u64,
+    /// Its deliveries.
+    tokens: Vec<u64>,
+    /// Their dedupe keys, sorted.
+    keys: Vec<u64>,
+    outbox: Option<Outbox>,
+}
+
 /// The writer's broker-mode settlement: commit the batch's applied ids and hook outputs
 /// (outbox) with it, then ack its deliveries and publish the outbox.
 pub(super) struct BrokerSettlement {
     intake: Arc<BrokerIntake>,
     /// Hook outputs of the batch being written.
     children: Option<(Vec<DataPointTask>, Vec<MessageTag>)>,
-    /// The batch being written: (batch number, its tokens, their sorted keys, its outbox).
-    current: Option<(u64, Vec<u64>, Vec<u64>, Option<Outbox>)>,
+    /// The batch being written.
+    current: Option<Pending>,
 }
 
 impl BrokerSettlement {
@@ -386,12 +396,23 @@ impl Settlement for BrokerSettlement {
             }
             _ => None,
         };
-        self.current = Some((batch, tokens, keys, outbox));
+        self.current = Some(Pending {
+            batch,
+            tokens,
+            keys,
+            outbox,
+        });
         meta
     }
 
     fn committed(&mut self, shared: &Shared, _completions: &[Completion]) {
-        let Some((batch, mut tokens, keys, outbox)) = self.current.take() else {
+        let Some(Pending {
+            batch,
+            mut tokens,
+            keys,
+            outbox,
+        }) = self.current.take()
+        else {
             return;
         };
         {

@@ -359,7 +359,7 @@ impl Pipeline {
                 shared.in_flight.fetch_add(1, Ordering::SeqCst);
                 shared.stats.tasks_accepted.inc();
                 shared.stats.datapoints_accepted.add(datapoints);
-                shared.dispatch(work);
+                shared.dispatch(*work);
             }
             Admission::Applied => broker::skip_duplicate(shared, intake, token),
             Admission::Held => shared.stats.duplicates_skipped.inc(),

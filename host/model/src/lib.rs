@@ -4,6 +4,7 @@
 //! This crate knows nothing about storage, HTTP or plugins; everything else builds on it.
 
 pub mod aggregate;
+pub mod bson_bytes;
 pub mod config;
 pub mod cron;
 pub mod current;

@@ -1,6 +1,6 @@
 //! Conversions between stored columns and BSON / chrono values.
 
-use bson::{Bson, Document, doc};
+use bson::{Bson, Document};
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::error::{Result, StoreError};
@@ -22,23 +22,13 @@ pub fn chrono_time(ms: i64) -> DateTime<Utc> {
 
 /// Encode one value compactly as a BSON element without its name: the type byte followed
 /// by the value bytes (the one-field document `{v: value}` minus its 4-byte length, the
-/// key `"v\0"` and the terminator; saves 7 bytes per stored value).
+/// key `"v\0"` and the terminator; saves 7 bytes per stored value). Written directly,
+/// without building that document (it cloned the value on every history and raw row).
 pub fn encode_value(v: &Bson) -> Result<Vec<u8>> {
-    let doc = doc! {"v": v.clone()}
-        .to_vec()
-        .map_err(|e| StoreError::InvalidQuery(format!("value cannot be encoded as BSON: {e}")))?;
-    // layout: len(4) type(1) 'v' 0 value... 0
-    match doc.get(4..doc.len().saturating_sub(1)) {
-        Some(element) if element.len() >= 3 => {
-            let mut out = Vec::with_capacity(element.len() - 2);
-            out.push(element[0]);
-            out.extend_from_slice(&element[3..]);
-            Ok(out)
-        }
-        _ => Err(StoreError::InvalidQuery(
-            "value cannot be encoded as BSON".into(),
-        )),
-    }
+    let mut out = Vec::with_capacity(16);
+    dp3_model::bson_bytes::write_element(&mut out, v)
+        .map_err(|e| StoreError::InvalidQuery(e.to_string()))?;
+    Ok(out)
 }
 
 /// Decode a value written by [`encode_value`].
@@ -133,6 +123,7 @@ impl<T> SqlResultExt<T> for std::result::Result<T, rusqlite::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bson::doc;
 
     #[test]
     fn values_round_trip_compactly() {

@@ -9,10 +9,11 @@
 
 use std::path::{Path, PathBuf};
 
-use bson::{Bson, Document, doc};
 use dp3_model::DataPointTask;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
+
+use super::task_codec;
 
 /// Why the accept log failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,9 @@ pub enum AcceptLogError {
     Sqlite(String),
     #[error("corrupt accept log row {seq}: {reason}")]
     Corrupt { seq: u64, reason: String },
+    /// Nothing of the failed append was written.
+    #[error(transparent)]
+    Encode(#[from] task_codec::EncodeError),
 }
 
 impl From<rusqlite::Error> for AcceptLogError {
@@ -126,6 +130,11 @@ impl AcceptLog {
 
     /// Append rows in one durable transaction; returns their sequence numbers.
     pub fn append(&self, rows: &[NewRow<'_>]) -> Result<Vec<u64>, AcceptLogError> {
+        // Encode before taking the lock: the encoding is CPU work that need not serialise.
+        let blobs = rows
+            .iter()
+            .map(|r| task_codec::encode(r.tasks))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let mut seqs = Vec::with_capacity(rows.len());
@@ -133,8 +142,7 @@ impl AcceptLog {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO accepted (kind, priority, tasks) VALUES (?1, ?2, ?3)",
             )?;
-            for row in rows {
-                let blob = encode_tasks(row.tasks);
+            for (row, blob) in rows.iter().zip(&blobs) {
                 stmt.execute(params![row.kind.code(), row.priority, blob])?;
                 seqs.push(tx.last_insert_rowid() as u64);
             }
@@ -169,7 +177,7 @@ impl AcceptLog {
                         RowKind::External
                     },
                     priority,
-                    tasks: decode_tasks(&blob)
+                    tasks: task_codec::decode(&blob)
                         .map_err(|reason| AcceptLogError::Corrupt { seq, reason })?,
                 })
             })
@@ -196,6 +204,10 @@ impl AcceptLog {
     /// Replace rows `old` by `new` in one transaction (used by replay to leave only
     /// unapplied tasks in the log); returns the new rows' sequence numbers, in order.
     pub fn rewrite(&self, old: &[u64], new: &[NewRow<'_>]) -> Result<Vec<u64>, AcceptLogError> {
+        let blobs = new
+            .iter()
+            .map(|r| task_codec::encode(r.tasks))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let mut seqs = Vec::with_capacity(new.len());
@@ -207,12 +219,8 @@ impl AcceptLog {
             let mut ins = tx.prepare_cached(
                 "INSERT INTO accepted (kind, priority, tasks) VALUES (?1, ?2, ?3)",
             )?;
-            for row in new {
-                ins.execute(params![
-                    row.kind.code(),
-                    row.priority,
-                    encode_tasks(row.tasks)
-                ])?;
+            for (row, blob) in new.iter().zip(&blobs) {
+                ins.execute(params![row.kind.code(), row.priority, blob])?;
                 seqs.push(tx.last_insert_rowid() as u64);
             }
         }
@@ -242,29 +250,6 @@ impl AcceptLog {
     pub fn is_empty(&self) -> Result<bool, AcceptLogError> {
         Ok(self.len()? == 0)
     }
-}
-
-fn encode_tasks(tasks: &[DataPointTask]) -> Vec<u8> {
-    let d = doc! {
-        "tasks": tasks.iter().map(|t| Bson::Document(t.to_document())).collect::<Vec<_>>(),
-    };
-    // Encoding a document we built ourselves cannot fail except for keys with NUL bytes,
-    // which validation never lets through; fall back to an empty list rather than panic.
-    bson::serialize_to_vec(&d).unwrap_or_default()
-}
-
-fn decode_tasks(blob: &[u8]) -> Result<Vec<DataPointTask>, String> {
-    let d: Document = bson::deserialize_from_slice(blob).map_err(|e| e.to_string())?;
-    let tasks = d
-        .get_array("tasks")
-        .map_err(|_| "missing 'tasks' array".to_string())?;
-    tasks
-        .iter()
-        .map(|t| match t {
-            Bson::Document(td) => DataPointTask::from_document(td).map_err(|e| e.to_string()),
-            _ => Err("task is not a document".to_string()),
-        })
-        .collect()
 }
 
 #[cfg(test)]

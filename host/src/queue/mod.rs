@@ -3,6 +3,7 @@
 
 pub mod accept_log;
 pub mod rabbitmq;
+pub mod task_codec;
 
 use dp3_model::DataPointTask;
 use tokio::sync::oneshot;

@@ -59,13 +59,13 @@ impl Executor {
         let hooks = self.hooks.load();
         let source_key = (task.etype.clone(), task.eid.clone());
         let mut children = Vec::new();
-        let created = self.process_one(&*hooks, &task, out, &mut children);
+        let created = self.process_one(&*hooks, task, out, &mut children);
         let mut admitted = 0usize;
         let mut pending: VecDeque<DataPointTask> = VecDeque::new();
         self.partition(&source_key, children, &mut admitted, &mut pending, out);
         while let Some(inline) = pending.pop_front() {
             let mut grandchildren = Vec::new();
-            self.process_one(&*hooks, &inline, out, &mut grandchildren);
+            self.process_one(&*hooks, inline, out, &mut grandchildren);
             self.partition(&source_key, grandchildren, &mut admitted, &mut pending, out);
         }
         created
@@ -92,15 +92,16 @@ impl Executor {
         }
     }
 
-    /// One task of the pipeline; hook outputs are appended to `children`.
+    /// One task of the pipeline; hook outputs are appended to `children`. Takes the task by
+    /// value so its datapoints move into the raw log instead of being cloned.
     fn process_one(
         &self,
         hooks: &dyn IngestionHooks,
-        task: &DataPointTask,
+        task: DataPointTask,
         out: &mut TaskOutput,
         children: &mut Vec<DataPointTask>,
     ) -> bool {
-        hooks.on_task_start(task);
+        hooks.on_task_start(&task);
         let Some(entity) = self.model.entity(&task.etype) else {
             warn!(etype = %task.etype, "task for unknown entity type dropped");
             self.stats.task_errors.inc();
@@ -130,11 +131,11 @@ impl Executor {
         let now = self.clock.now();
         let new_entity = !exists;
         if new_entity {
-            if !hooks.allow_entity_creation(&task.etype, &task.eid, task) {
+            if !hooks.allow_entity_creation(&task.etype, &task.eid, &task) {
                 debug!(etype = %task.etype, eid = %task.eid, "entity creation denied by a hook");
                 return false;
             }
-            children.extend(hooks.on_entity_creation(&task.etype, &task.eid, task));
+            children.extend(hooks.on_entity_creation(&task.etype, &task.eid, &task));
         }
 
         let mut write = EntityWrite::new(task.etype.clone(), task.eid.clone());
@@ -162,8 +163,8 @@ impl Executor {
             };
             self.stage_datapoint(entity, attr, dp, now, &mut write, out);
         }
-        out.datapoints += task.data_points.len();
-        out.raw.extend(task.data_points.iter().cloned());
+        let datapoints = task.data_points.len();
+        out.datapoints += datapoints;
         if !write.is_empty() {
             out.ops.push(WriteOp::Entity(write));
         }
@@ -172,10 +173,9 @@ impl Executor {
                 children.extend(hooks.on_new_attr(dp));
             }
         }
+        out.raw.extend(task.data_points);
         self.stats.tasks_processed.inc();
-        self.stats
-            .datapoints_processed
-            .add(task.data_points.len() as u64);
+        self.stats.datapoints_processed.add(datapoints as u64);
         if new_entity {
             self.stats.entities_created.inc();
         }

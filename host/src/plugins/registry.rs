@@ -834,7 +834,9 @@ impl HookRegistry {
     /// Whether any `on_new_attr` hook is registered for `etype.attr` (lets the executor skip
     /// work for attributes nobody listens to).
     pub fn has_attr_hooks(&self, etype: &str, attr: &str) -> bool {
-        self.attr.contains_key(&(etype.to_owned(), attr.to_owned()))
+        // Called per datapoint: a borrowed scan of the few hooked attributes instead of
+        // allocating an owned key for a map lookup.
+        self.attr.keys().any(|(e, a)| e == etype && a == attr)
     }
 
     /// `on_new_attr` hooks of `etype.attr` for one datapoint.

@@ -9,9 +9,9 @@ use std::time::Duration;
 use bson::Bson;
 use chrono::{TimeZone, Utc};
 use dp3::clock::{Clock, ManualClock};
+use dp3::pipeline::broker::{BrokerLink, Delivery, child_message_id};
 use dp3::pipeline::executor::HookSource;
 use dp3::pipeline::hooks::{IngestionHooks, NoHooks};
-use dp3::pipeline::broker::{BrokerLink, Delivery, child_message_id};
 use dp3::pipeline::staging::MessageTag;
 use dp3::pipeline::{Pipeline, PipelineConfig};
 use dp3::queue::accept_log::{AcceptLog, NewRow, RowKind};
@@ -423,7 +423,11 @@ struct FakeBroker {
 }
 
 impl BrokerLink for FakeBroker {
-    fn publish_generated(&self, tasks: &[DataPointTask], tags: &[MessageTag]) -> Result<(), String> {
+    fn publish_generated(
+        &self,
+        tasks: &[DataPointTask],
+        tags: &[MessageTag],
+    ) -> Result<(), String> {
         assert_eq!(tasks.len(), tags.len());
         let mut p = self.published.lock();
         p.extend(tasks.iter().cloned().zip(tags.iter().cloned()));
@@ -490,12 +494,19 @@ fn worker_mode_acks_after_commit_and_applies_redeliveries_once() {
     assert!(p.wait_idle(Duration::from_secs(10)));
     let mut acked = link.acked.lock().clone();
     acked.sort_unstable();
-    assert_eq!(acked, vec![1, 2, 3], "every delivery acked once, copies included");
+    assert_eq!(
+        acked,
+        vec![1, 2, 3],
+        "every delivery acked once, copies included"
+    );
     assert_eq!(history_len(&*env.store, "a"), 1);
     assert_eq!(history_len(&*env.store, "b"), 1);
     let published = link.published.lock().clone();
     assert_eq!(published.len(), 2, "one hook output per datapoint");
-    let ids: Vec<&str> = published.iter().map(|(_, t)| t.message_id.as_str()).collect();
+    let ids: Vec<&str> = published
+        .iter()
+        .map(|(_, t)| t.message_id.as_str())
+        .collect();
     assert!(ids.contains(&child_message_id("m1", 0).as_str()));
     assert!(ids.contains(&child_message_id("m2", 0).as_str()));
     assert!(published.iter().all(|(_, t)| !t.maybe_duplicate));
@@ -515,7 +526,11 @@ fn worker_mode_acks_after_commit_and_applies_redeliveries_once() {
     let mut acked = link.acked.lock().clone();
     acked.sort_unstable();
     assert_eq!(acked, vec![10, 11, 12]);
-    assert_eq!(history_len(&*env.store, "b"), 1, "redelivered copy not applied again");
+    assert_eq!(
+        history_len(&*env.store, "b"),
+        1,
+        "redelivered copy not applied again"
+    );
     assert_eq!(history_len(&*env.store, "c"), 1);
     assert_eq!(history_len(&*env.store, "d"), 1);
     let published = link.published.lock().clone();
@@ -524,6 +539,9 @@ fn worker_mode_acks_after_commit_and_applies_redeliveries_once() {
         .iter()
         .find(|(_, t)| t.message_id == child_message_id("m4", 0))
         .expect("m4's output published");
-    assert!(m4_child.1.maybe_duplicate, "outputs of a possible copy are flagged");
+    assert!(
+        m4_child.1.maybe_duplicate,
+        "outputs of a possible copy are flagged"
+    );
     assert!(p.shutdown(Duration::from_secs(10)));
 }

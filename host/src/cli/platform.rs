@@ -19,6 +19,8 @@ use crate::background::scheduler::{JobFn, Scheduler};
 use crate::background::submit::submit_all;
 use crate::background::telemetry::SourceTelemetry;
 use crate::control::ControlHandler;
+use crate::metrics::{EntityCounts, HookMetrics, MetricsState, PipelineMetrics};
+use crate::pipeline::Pipeline;
 use crate::pipeline::executor::HookSource;
 use crate::plugins::{ModuleLoader, ModuleSource, RegistrySettings};
 use crate::queue::{ControlAction, TaskSubmitter};
@@ -104,6 +106,31 @@ pub fn start_modules(
         module_values,
         watcher,
     })
+}
+
+/// Install the Prometheus recorder with the pipeline, entity and hook sources.
+pub fn install_metrics(
+    pipeline: &Arc<Pipeline>,
+    model: &Arc<ModelSpec>,
+    store: &Arc<dyn Store>,
+    modules: &Modules,
+) -> anyhow::Result<MetricsState> {
+    let p = pipeline.clone();
+    MetricsState::install(vec![
+        Arc::new(PipelineMetrics {
+            stats: pipeline.stats().clone(),
+            in_flight: Arc::new(move || p.in_flight()),
+        }),
+        Arc::new(EntityCounts {
+            model: model.clone(),
+            store: store.clone(),
+        }),
+        Arc::new(HookMetrics {
+            stats: modules.loader.stats().clone(),
+            live: modules.loader.live().clone(),
+            module_values: modules.module_values.clone(),
+        }),
+    ])
 }
 
 /// `control.allowed_actions` as action names.

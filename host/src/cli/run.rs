@@ -14,7 +14,7 @@ use dp3_store::sqlite::SqliteStore;
 use tracing::{info, warn};
 
 use super::platform::{
-    EntityRefresher, Modules, allowed_actions, control_handler, register_module_jobs,
+    EntityRefresher, allowed_actions, control_handler, install_metrics, register_module_jobs,
     run_snapshots, start_modules,
 };
 use crate::api::{self, ApiSettings, AppState};
@@ -22,7 +22,6 @@ use crate::background::jobs::{BackgroundDeps, register_jobs};
 use crate::background::scheduler::{Scheduler, schedule_of};
 use crate::clock::{Clock, SystemClock};
 use crate::control::Control;
-use crate::metrics::{EntityCounts, HookMetrics, MetricsState, PipelineMetrics};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::queue::accept_log::AcceptLog;
 use crate::snapshot::SnapShooter;
@@ -57,14 +56,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 
     let pc = &config.processing_core;
     let modules = start_modules(&config, &model, &args.data, 0)?;
-    let Modules {
-        loader,
-        hooks,
-        telemetry,
-        module_values,
-        watcher: _watcher,
-    } = &modules;
-    let (loader, hooks, telemetry) = (loader.clone(), hooks.clone(), telemetry.clone());
+    let (loader, hooks, telemetry) = (
+        modules.loader.clone(),
+        modules.hooks.clone(),
+        modules.telemetry.clone(),
+    );
 
     let pipeline = Arc::new(Pipeline::start(
         PipelineConfig {
@@ -127,24 +123,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         ),
     )?);
 
-    let metrics = {
-        let p = pipeline.clone();
-        MetricsState::install(vec![
-            Arc::new(PipelineMetrics {
-                stats: pipeline.stats().clone(),
-                in_flight: Arc::new(move || p.in_flight()),
-            }),
-            Arc::new(EntityCounts {
-                model: model.clone(),
-                store: store.clone(),
-            }),
-            Arc::new(HookMetrics {
-                stats: loader.stats().clone(),
-                live: loader.live().clone(),
-                module_values: module_values.clone(),
-            }),
-        ])?
-    };
+    let metrics = install_metrics(&pipeline, &model, &store, &modules)?;
     scheduler.start()?;
 
     let listen = listen_address(args, &config)?;

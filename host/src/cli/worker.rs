@@ -23,15 +23,14 @@ use dp3_model::DataPointTask;
 use tracing::{info, warn};
 
 use super::platform::{
-    EntityRefresher, allowed_actions, control_handler, register_module_jobs, run_snapshots,
-    start_modules,
+    EntityRefresher, allowed_actions, control_handler, install_metrics, register_module_jobs,
+    run_snapshots, start_modules,
 };
 use super::run::{app_name, open_store, shutdown_signal};
 use crate::background::jobs::{BackgroundDeps, register_jobs};
 use crate::background::scheduler::{Scheduler, schedule_of};
 use crate::clock::{Clock, SystemClock};
 use crate::control::Control;
-use crate::metrics::{EntityCounts, HookMetrics, MetricsState, PipelineMetrics};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::queue::rabbitmq::{
     ControlConsumer, RabbitConfig, RabbitConsumer, RabbitLink, RabbitPublisher, check_topology,
@@ -207,24 +206,7 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
     link.set_consumer(tasks.clone());
     let control_consumer = start_control_consumer(&rabbit, index, control.clone())?;
 
-    let metrics = {
-        let p = pipeline.clone();
-        MetricsState::install(vec![
-            Arc::new(PipelineMetrics {
-                stats: pipeline.stats().clone(),
-                in_flight: Arc::new(move || p.in_flight()),
-            }),
-            Arc::new(EntityCounts {
-                model: model.clone(),
-                store: store.clone(),
-            }),
-            Arc::new(HookMetrics {
-                stats: modules.loader.stats().clone(),
-                live: modules.loader.live().clone(),
-                module_values: modules.module_values.clone(),
-            }),
-        ])?
-    };
+    let metrics = install_metrics(&pipeline, &model, &store, &modules)?;
     scheduler.start()?;
     info!(
         worker = index,

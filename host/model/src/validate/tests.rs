@@ -278,7 +278,17 @@ fn special_and_json() {
     );
     for v in [json!(5), json!(true), json!(null)] {
         assert_eq!(validate_value(&model, &dt, &v).unwrap_err().len(), 3);
+    } // BSON keys end at NUL: such values could be accepted but never stored.
+    for v in [
+        json!({"a\0": 1}),
+        json!([{"b": {"c\0d": 2}}]),
+        json!("{\"x\\u0000\": 1}"),
+    ] {
+        let errs = validate_value(&model, &dt, &v).unwrap_err();
+        assert_eq!(errs[0].kind, "value_error", "{v}");
     }
+    let special = prim(Primitive::Special);
+    assert!(validate_value(&model, &special, &json!({"k\0": 1})).is_err());
 }
 
 #[test]

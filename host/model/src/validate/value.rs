@@ -170,6 +170,7 @@ pub fn validate_primitive(p: Primitive, v: &Json) -> Result<Bson, ValidationErro
         Primitive::Ipv4 => eid_json(EidType::Ipv4, v),
         Primitive::Ipv6 => eid_json(EidType::Ipv6, v),
         Primitive::Mac => eid_json(EidType::Mac, v),
+        Primitive::Special if has_nul_key(v) => Err(nul_key_error(v)),
         Primitive::Special => Ok(json_to_bson(v)),
         Primitive::Json => validate_json(v).map_err(|mut es| es.remove(0)),
     }
@@ -309,11 +310,31 @@ fn validate_float(v: &Json) -> Result<f64, ValidationError> {
     }
 }
 
+/// Whether an object key anywhere in `v` contains a NUL character: BSON keys are
+/// NUL-terminated, so such a value could be accepted but never stored.
+fn has_nul_key(v: &Json) -> bool {
+    match v {
+        Json::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul_key(v)),
+        Json::Array(a) => a.iter().any(has_nul_key),
+        _ => false,
+    }
+}
+
+fn nul_key_error(v: &Json) -> ValidationError {
+    ValidationError::new(
+        "value_error",
+        "Value error, object keys must not contain NUL characters",
+        v.clone(),
+    )
+}
+
 /// `json`: an object, an array, or a string holding JSON text (parsed).
 fn validate_json(v: &Json) -> Result<Bson, Errors> {
     match v {
+        Json::Object(_) | Json::Array(_) if has_nul_key(v) => Err(vec![nul_key_error(v)]),
         Json::Object(_) | Json::Array(_) => Ok(json_to_bson(v)),
         Json::String(s) => match serde_json::from_str::<Json>(s) {
+            Ok(parsed) if has_nul_key(&parsed) => Err(vec![nul_key_error(v)]),
             Ok(parsed) => Ok(json_to_bson(&parsed)),
             Err(e) => Err(vec![
                 ValidationError::new("json_invalid", format!("Invalid JSON: {e}"), v.clone())

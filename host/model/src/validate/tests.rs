@@ -278,7 +278,8 @@ fn special_and_json() {
     );
     for v in [json!(5), json!(true), json!(null)] {
         assert_eq!(validate_value(&model, &dt, &v).unwrap_err().len(), 3);
-    } // BSON keys end at NUL: such values could be accepted but never stored.
+    }
+    // BSON keys end at NUL: such values could be accepted but never stored.
     for v in [
         json!({"a\0": 1}),
         json!([{"b": {"c\0d": 2}}]),

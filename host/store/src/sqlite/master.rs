@@ -358,17 +358,18 @@ fn check_partition(partition: Option<(u32, u32)>) -> Result<()> {
     }
 }
 
-pub fn scan_master(
+/// The entity keys of one page of a scan (`etype` id and keys in order; `None` when the
+/// type has no entities yet). Shared by [`scan_master`] and `records::scan_eids`.
+pub(super) fn scan_keys(
     conn: &Connection,
     names: &Names,
     etype: &str,
     scan: &MasterScan,
-) -> Result<Vec<Document>> {
+) -> Result<Option<(i64, Vec<Vec<u8>>)>> {
     check_partition(scan.partition)?;
     let Some(et) = names.id(conn, etype)? else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
-    let projection = projection_ids(conn, names, scan.projection.as_deref())?;
     let after = scan.after.as_ref().map(eid_key).unwrap_or_default();
     let (index, count) = scan
         .partition
@@ -378,18 +379,31 @@ pub fn scan_master(
     } else {
         i64::try_from(scan.limit).unwrap_or(i64::MAX)
     };
-    let keys: Vec<Vec<u8>> = {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT ekey FROM entity WHERE etype = ?1 AND ekey > ?2 \
-                 AND (?3 < 0 OR (hash IS NOT NULL AND hash % ?4 = ?3)) ORDER BY ekey LIMIT ?5",
-            )
-            .db()?;
-        let rows = stmt
-            .query_map(params![et, after, index, count, limit], |r| r.get(0))
-            .db()?;
-        rows.collect::<std::result::Result<_, _>>().db()?
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT ekey FROM entity WHERE etype = ?1 AND ekey > ?2 \
+             AND (?3 < 0 OR (hash IS NOT NULL AND hash % ?4 = ?3)) ORDER BY ekey LIMIT ?5",
+        )
+        .db()?;
+    let rows = stmt
+        .query_map(params![et, after, index, count, limit], |r| r.get(0))
+        .db()?;
+    Ok(Some((
+        et,
+        rows.collect::<std::result::Result<_, _>>().db()?,
+    )))
+}
+
+pub fn scan_master(
+    conn: &Connection,
+    names: &Names,
+    etype: &str,
+    scan: &MasterScan,
+) -> Result<Vec<Document>> {
+    let Some((et, keys)) = scan_keys(conn, names, etype, scan)? else {
+        return Ok(Vec::new());
     };
+    let projection = projection_ids(conn, names, scan.projection.as_deref())?;
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
         let eid = eid_from_key(&key).ok_or_else(|| corrupt_key(&key))?;

@@ -8,7 +8,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::codec::{SqlResultExt, decode_value};
-use super::master::corrupt_key;
+use super::master::{corrupt_key, scan_keys};
 use super::names::Names;
 use crate::error::{Result, StoreError};
 use crate::keys::{eid_from_key, eid_key};
@@ -156,34 +156,10 @@ pub fn scan_eids(
     etype: &str,
     scan: &MasterScan,
 ) -> Result<Vec<Eid>> {
-    if let Some((_, 0)) = scan.partition {
-        return Err(StoreError::InvalidQuery(
-            "hash partition count must be positive".into(),
-        ));
-    }
-    let Some(et) = names.id(conn, etype)? else {
+    let Some((_, keys)) = scan_keys(conn, names, etype, scan)? else {
         return Ok(Vec::new());
     };
-    let after = scan.after.as_ref().map(eid_key).unwrap_or_default();
-    let (index, count) = scan
-        .partition
-        .map_or((-1i64, 1i64), |(i, c)| (i64::from(i), i64::from(c)));
-    let limit = if scan.limit == 0 {
-        -1
-    } else {
-        i64::try_from(scan.limit).unwrap_or(i64::MAX)
-    };
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT ekey FROM entity WHERE etype = ?1 AND ekey > ?2 \
-             AND (?3 < 0 OR (hash IS NOT NULL AND hash % ?4 = ?3)) ORDER BY ekey LIMIT ?5",
-        )
-        .db()?;
-    let mut rows = stmt.query(params![et, after, index, count, limit]).db()?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next().db()? {
-        let key = blob(r, 0)?;
-        out.push(eid_from_key(key).ok_or_else(|| corrupt_key(key))?);
-    }
-    Ok(out)
+    keys.iter()
+        .map(|key| eid_from_key(key).ok_or_else(|| corrupt_key(key)))
+        .collect()
 }

@@ -191,27 +191,24 @@ const BFS_WAVE: usize = 512;
 /// Page size of linkless scans.
 pub const SCAN_PAGE: usize = 256;
 
-/// Stream the eids of one partition of an entity type in pages, calling `f` per page
-/// (bounded memory; records are read by the caller, only for the entities it needs).
-pub fn scan_eid_pages(
-    store: &dyn Store,
-    etype: &str,
+/// Page through one partition of an entity type: `fetch` reads the page after a key,
+/// `key` gives an item's eid (the next page starts after the last one), `f` gets each page.
+fn scan_pages<T>(
     partition: (u32, u32),
-    mut f: impl FnMut(Vec<Eid>) -> dp3_store::Result<()>,
+    fetch: impl Fn(&MasterScan) -> dp3_store::Result<Vec<T>>,
+    key: impl Fn(&T) -> Option<Eid>,
+    mut f: impl FnMut(Vec<T>) -> dp3_store::Result<()>,
 ) -> dp3_store::Result<()> {
     let mut after: Option<Eid> = None;
     loop {
-        let page = store.scan_eids(
-            etype,
-            &MasterScan {
-                after: after.clone(),
-                limit: SCAN_PAGE,
-                partition: Some(partition),
-                projection: None,
-            },
-        )?;
+        let page = fetch(&MasterScan {
+            after: after.clone(),
+            limit: SCAN_PAGE,
+            partition: Some(partition),
+            projection: None,
+        })?;
         let n = page.len();
-        after = page.last().cloned();
+        after = page.last().and_then(&key);
         if n > 0 {
             f(page)?;
         }
@@ -221,37 +218,36 @@ pub fn scan_eid_pages(
     }
 }
 
+/// Stream the eids of one partition of an entity type in pages, calling `f` per page
+/// (bounded memory; records are read by the caller, only for the entities it needs).
+pub fn scan_eid_pages(
+    store: &dyn Store,
+    etype: &str,
+    partition: (u32, u32),
+    f: impl FnMut(Vec<Eid>) -> dp3_store::Result<()>,
+) -> dp3_store::Result<()> {
+    scan_pages(
+        partition,
+        |scan| store.scan_eids(etype, scan),
+        |eid| Some(eid.clone()),
+        f,
+    )
+}
+
 /// Stream the master records of one partition of an entity type in pages, calling `f` per
 /// page (bounded memory).
 pub fn scan_partition(
     store: &dyn Store,
     etype: &str,
     partition: (u32, u32),
-    mut f: impl FnMut(Vec<bson::Document>) -> dp3_store::Result<()>,
+    f: impl FnMut(Vec<bson::Document>) -> dp3_store::Result<()>,
 ) -> dp3_store::Result<()> {
-    let mut after: Option<Eid> = None;
-    loop {
-        let page = store.scan_master(
-            etype,
-            &MasterScan {
-                after: after.clone(),
-                limit: SCAN_PAGE,
-                partition: Some(partition),
-                projection: None,
-            },
-        )?;
-        let n = page.len();
-        after = page
-            .last()
-            .and_then(|d| d.get("_id"))
-            .and_then(Eid::from_bson);
-        if n > 0 {
-            f(page)?;
-        }
-        if n < SCAN_PAGE || after.is_none() {
-            return Ok(());
-        }
-    }
+    scan_pages(
+        partition,
+        |scan| store.scan_master(etype, scan),
+        |d| d.get("_id").and_then(Eid::from_bson),
+        f,
+    )
 }
 
 /// `"<etype>#<eid>"` of a member (link-cache key form).

@@ -111,14 +111,17 @@ struct Submission {
     reply: oneshot::Sender<Result<(), SubmitError>>,
 }
 
+/// What keeps tasks until they are applied (the opened form of [`Intake`]).
+enum Source {
+    AcceptLog(Arc<AcceptLog>),
+    Broker(Arc<BrokerIntake>),
+}
+
 /// State shared by the acceptor, lanes and writer.
 struct Shared {
     cfg: PipelineConfig,
     store: Arc<dyn Store>,
-    /// `dp3 run` mode (`None` in broker mode).
-    accept_log: Option<Arc<AcceptLog>>,
-    /// Broker mode (`None` with the accept log).
-    broker: Option<Arc<BrokerIntake>>,
+    source: Source,
     staging: Arc<Staging>,
     stats: Arc<PipelineStats>,
     model: Arc<ModelSpec>,
@@ -241,18 +244,16 @@ impl Pipeline {
         }
         let staging = Arc::new(Staging::new());
         let stats = Arc::new(PipelineStats::default());
-        let (accept_log, broker) = match intake {
-            Intake::AcceptLog(log) => (Some(log), None),
-            Intake::Broker { link, worker } => (
-                None,
-                Some(Arc::new(BrokerIntake::open(&*store, &model, link, worker)?)),
-            ),
+        let source = match intake {
+            Intake::AcceptLog(log) => Source::AcceptLog(log),
+            Intake::Broker { link, worker } => {
+                Source::Broker(Arc::new(BrokerIntake::open(&*store, &model, link, worker)?))
+            }
         };
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             store: store.clone(),
-            accept_log: accept_log.clone(),
-            broker: broker.clone(),
+            source,
             staging: staging.clone(),
             stats: stats.clone(),
             model: model.clone(),
@@ -264,8 +265,8 @@ impl Pipeline {
             unavailable: Mutex::new(None),
         });
 
-        let settlement: Box<dyn Settlement> = match (&accept_log, &broker) {
-            (Some(log), _) => {
+        let settlement: Box<dyn Settlement> = match &shared.source {
+            Source::AcceptLog(log) => {
                 let state = writer::load_state(&*store, &cfg)?;
                 let replayed = writer::replay(&shared, log, &state)?;
                 if replayed > 0 {
@@ -277,8 +278,7 @@ impl Pipeline {
                 Box::new(LogSettlement::new(log.clone(), &cfg, &state))
             }
             // The broker redelivers whatever was not acknowledged.
-            (None, Some(intake)) => Box::new(BrokerSettlement::new(intake.clone())),
-            (None, None) => unreachable!("an intake is always set"),
+            Source::Broker(intake) => Box::new(BrokerSettlement::new(intake.clone())),
         };
 
         let executor = Arc::new(Executor {
@@ -311,8 +311,9 @@ impl Pipeline {
         };
 
         // Only the accept log takes submissions; a worker's tasks come from the broker.
-        let (submit_tx, acceptor) = match accept_log {
-            Some(log) => {
+        let (submit_tx, acceptor) = match &shared.source {
+            Source::AcceptLog(log) => {
+                let log = log.clone();
                 let (submit_tx, submit_rx) = crossbeam_channel::unbounded();
                 let shared = shared.clone();
                 let acceptor = std::thread::Builder::new()
@@ -320,7 +321,7 @@ impl Pipeline {
                     .spawn(move || run_acceptor(&shared, &log, submit_rx))?;
                 (Some(submit_tx), Some(acceptor))
             }
-            None => (None, None),
+            Source::Broker(_) => (None, None),
         };
 
         Ok(Pipeline {
@@ -339,7 +340,7 @@ impl Pipeline {
     /// pipeline is stopping (the delivery stays unacknowledged and is redelivered).
     pub fn deliver(&self, delivery: Delivery) -> bool {
         let shared = &self.shared;
-        let Some(intake) = &shared.broker else {
+        let Source::Broker(intake) = &shared.source else {
             error!("deliver() called on a pipeline without a broker intake");
             return false;
         };
@@ -426,7 +427,7 @@ impl Pipeline {
 impl TaskSubmitter for Pipeline {
     fn submit(&self, tasks: Vec<DataPointTask>) -> Result<Accepted, SubmitError> {
         let (reply, rx) = oneshot::channel();
-        if self.shared.accept_log.is_none() {
+        if matches!(self.shared.source, Source::Broker(_)) {
             return Err(SubmitError::Unavailable(
                 "this worker takes tasks from RabbitMQ only".into(),
             ));

@@ -39,7 +39,7 @@ use tracing::{debug, info, warn};
 
 use super::messages::{SnapshotMessage, control_from_json};
 use super::publisher::MAYBE_DUPLICATE_HEADER;
-use super::runtime::{OwnedRuntime, close_quietly, open_channel};
+use super::runtime::{OwnedRuntime, close_quietly, open_channel, reconnect_pause};
 use super::topology::QueueKind;
 use super::{RabbitConfig, RabbitError};
 use crate::queue::ControlAction;
@@ -487,12 +487,8 @@ async fn consume_forever(
         if *stop.borrow() {
             break;
         }
-        let delay = cfg.reconnect_delay(attempt);
+        reconnect_pause(&cfg, attempt, &mut stop).await;
         attempt += 1;
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            _ = stop.changed() => {}
-        }
     }
 }
 

@@ -33,7 +33,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tracing::{error, info, warn};
 
 use super::messages::{SnapshotMessage, control_to_json};
-use super::runtime::{OwnedRuntime, close_quietly, open_channel};
+use super::runtime::{OwnedRuntime, close_quietly, open_channel, reconnect_pause};
 use super::topology::Topology;
 use super::{RabbitConfig, RabbitError};
 use crate::pipeline::staging::MessageTag;
@@ -503,12 +503,8 @@ async fn maintain_connection(shared: Arc<Shared>, mut stop: watch::Receiver<bool
         if *stop.borrow() {
             break;
         }
-        let delay = cfg.reconnect_delay(attempt);
+        reconnect_pause(&cfg, attempt, &mut stop).await;
         attempt += 1;
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            _ = stop.changed() => {}
-        }
     }
 }
 

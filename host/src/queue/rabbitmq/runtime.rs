@@ -113,3 +113,15 @@ pub(crate) async fn close_quietly(conn: &Connection) {
         .await;
     }
 }
+
+/// Wait before reconnect attempt number `attempt` (DP3's backoff), or until told to stop.
+pub(crate) async fn reconnect_pause(
+    cfg: &RabbitConfig,
+    attempt: usize,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::select! {
+        () = tokio::time::sleep(cfg.reconnect_delay(attempt)) => {}
+        _ = stop.changed() => {}
+    }
+}

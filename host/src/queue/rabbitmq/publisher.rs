@@ -503,7 +503,7 @@ async fn maintain_connection(shared: Arc<Shared>, mut stop: watch::Receiver<bool
         if *stop.borrow() {
             break;
         }
-        reconnect_pause(&cfg, attempt, &mut stop).await;
+        reconnect_pause(cfg, attempt, &mut stop).await;
         attempt += 1;
     }
 }

@@ -215,6 +215,39 @@ pub fn is_expired(item: &HistoryItem, expire_time: Option<TimeDelta>, t: DateTim
     expire_time.is_some_and(|e| t > item.t2 + e)
 }
 
+/// The history items of one observations attribute that can count for its current value
+/// at a time `t`: every item outside has zero confidence at `t` (it ends before
+/// `t − post_validity`, starts after `t + pre_validity`, or is expired). Stores use it to
+/// skip rows a snapshot run would read for nothing; dropping those items changes no current
+/// value, confidence or order (zero-confidence items never win, never add a value and
+/// never raise a maximum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryWindow {
+    /// Items with `t2` before this cannot count.
+    pub t2_from: DateTime<Utc>,
+    /// Items with `t1` after this cannot count.
+    pub t1_until: DateTime<Utc>,
+}
+
+impl HistoryWindow {
+    /// The window of an attribute with `params` for current values at `t`.
+    pub fn at(params: &HistoryParams, t: DateTime<Utc>) -> HistoryWindow {
+        let after_t2 = match params.expire_time {
+            Some(e) => e.min(params.post_validity),
+            None => params.post_validity,
+        };
+        HistoryWindow {
+            t2_from: t - after_t2,
+            t1_until: t + params.pre_validity,
+        }
+    }
+
+    /// Whether `item` may count (inclusive bounds: a superset of the positive ones).
+    pub fn contains(&self, item: &HistoryItem) -> bool {
+        item.t2 >= self.t2_from && item.t1 <= self.t1_until
+    }
+}
+
 /// The current values of one entity at time `t` (§5.1): `{"eid": _id, plain attributes,
 /// observations attributes with their "<attr>#c" confidences}` in configuration order.
 ///
@@ -876,6 +909,46 @@ mod tests {
                     let got = current_values_of(&entity, id, &record, at(t));
                     assert_eq!(got, want, "{master} at {t}");
                 }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Leaving out the items outside [`HistoryWindow`] changes no current value:
+        /// minutes on a small grid so that items land exactly on the window's edges.
+        #[test]
+        fn items_outside_the_window_never_change_current_values(
+            items in proptest::collection::vec((0i64..40, 0i64..10, 0i64..4, 0u8..5), 0..12),
+            pre in 0i64..6,
+            post in 0i64..6,
+            expire in proptest::option::of(0i64..8),
+            now in 0i64..50,
+        ) {
+            let base = at("12:00");
+            let history: Vec<HistoryItem> = items
+                .iter()
+                .map(|&(start, len, v, c)| HistoryItem {
+                    t1: base + mins(start),
+                    t2: base + mins(start + len),
+                    v: Bson::Int64(v),
+                    c: Some(f64::from(c) / 4.0),
+                })
+                .collect();
+            let params = HistoryParams {
+                pre_validity: mins(pre),
+                post_validity: mins(post),
+                expire_time: expire.map(mins),
+                ..HistoryParams::default()
+            };
+            let t = base + mins(now);
+            let window = HistoryWindow::at(&params, t);
+            let kept: Vec<HistoryItem> =
+                history.iter().filter(|i| window.contains(i)).cloned().collect();
+            for multi_value in [false, true] {
+                let (mut all, mut windowed) = (Document::new(), Document::new());
+                insert_observation(&mut all, "a", multi_value, &params, &history, t);
+                insert_observation(&mut windowed, "a", multi_value, &params, &kept, t);
+                proptest::prop_assert_eq!(&all, &windowed, "multi_value {}", multi_value);
             }
         }
     }

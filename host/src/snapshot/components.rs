@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use bson::Bson;
 use chrono::{DateTime, Utc};
 use dp3_model::{Eid, ModelSpec};
-use dp3_store::{LinkKey, MasterScan, Store, StoredRecord};
+use dp3_store::{LinkKey, MasterScan, RecordRead, Store, StoredRecord};
 
 /// An entity of a component.
 pub type Member = (String, Eid);
@@ -26,6 +26,7 @@ pub fn linked_components(
     used_links: &[(String, String)],
     keep_empty: bool,
     time: DateTime<Utc>,
+    threads: usize,
 ) -> dp3_store::Result<Vec<Vec<Member>>> {
     if used_links.is_empty() {
         return Ok(Vec::new());
@@ -105,13 +106,21 @@ pub fn linked_components(
         for etype in types {
             // Only the used link attributes are needed to follow links.
             let attrs = link_attrs(etype);
+            let windows = match model.entity(etype) {
+                Some(entity) => super::current_windows(entity, &attrs, time),
+                None => Vec::new(),
+            };
+            let read = RecordRead {
+                attrs: Some(attrs),
+                windows,
+            };
             let idx: Vec<usize> = wave
                 .iter()
                 .copied()
                 .filter(|&i| members[i].0 == etype)
                 .collect();
             let eids: Vec<Eid> = idx.iter().map(|&i| members[i].1.clone()).collect();
-            let got = store.get_records(etype, &eids, Some(&attrs))?;
+            let got = read_parallel(store, etype, &eids, &read, threads)?;
             records.extend(idx.into_iter().zip(got));
         }
         for i in wave {
@@ -171,6 +180,36 @@ pub fn linked_components(
         .collect())
 }
 
+/// [`Store::get_records`] of `eids` split across `threads` threads (each read uses its own
+/// store connection), results in `eids` order.
+fn read_parallel(
+    store: &dyn Store,
+    etype: &str,
+    eids: &[Eid],
+    read: &RecordRead,
+    threads: usize,
+) -> dp3_store::Result<Vec<Option<StoredRecord>>> {
+    let chunk = eids.len().div_ceil(threads.max(1)).max(1);
+    if chunk >= eids.len() {
+        return store.get_records(etype, eids, read);
+    }
+    let parts: Vec<dp3_store::Result<Vec<Option<StoredRecord>>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = eids
+            .chunks(chunk)
+            .map(|part| s.spawn(move || store.get_records(etype, part, read)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut out = Vec::with_capacity(eids.len());
+    for part in parts {
+        out.extend(part?);
+    }
+    Ok(out)
+}
+
 /// The eids of a link value (`{eid}` or a list of them).
 pub fn link_eids(v: Option<&Bson>) -> Vec<Eid> {
     let one = |b: &Bson| {
@@ -186,7 +225,7 @@ pub fn link_eids(v: Option<&Bson>) -> Vec<Eid> {
 }
 
 /// Entities read per store call while following links.
-const BFS_WAVE: usize = 512;
+const BFS_WAVE: usize = 2048;
 
 /// Page size of linkless scans.
 pub const SCAN_PAGE: usize = 256;

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bson::{Bson, Document, doc};
 use chrono::{DateTime, Utc};
 use dp3_model::{AttrKind, DataPointTask, Eid, ModelSpec};
-use dp3_store::{LinkKey, Store, StoredRecord};
+use dp3_store::{HistoryWindow, LinkKey, RecordRead, Store, StoredRecord};
 use parking_lot::Mutex;
 use tracing::{error, info, warn};
 
@@ -45,6 +45,17 @@ pub struct RunReport {
     pub tasks: u64,
     pub failures: u64,
     pub duration: Duration,
+    /// Time spent finding linked components (following links), snapshotting them, and
+    /// snapshotting the remaining entities.
+    pub phases: Phases,
+}
+
+/// Durations of the phases of a run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Phases {
+    pub find_components: Duration,
+    pub linked: Duration,
+    pub linkless: Duration,
 }
 
 /// Why a run did not happen.
@@ -121,7 +132,7 @@ impl SnapShooter {
             .model
             .entities
             .iter()
-            .map(|(etype, e)| (etype.clone(), ReadPlan::new(hooks.as_ref(), etype, e)))
+            .map(|(etype, e)| (etype.clone(), ReadPlan::new(hooks.as_ref(), etype, e, time)))
             .collect();
         let ctx = RunCtx {
             shooter: self,
@@ -142,8 +153,13 @@ impl SnapShooter {
             &ctx.used_links,
             self.keep_empty,
             time,
+            self.threads,
         )?;
         let component_count = comps.len() as u64;
+        let mut phases = Phases {
+            find_components: started.elapsed(),
+            ..Phases::default()
+        };
         let in_components: HashSet<Member> = comps.iter().flatten().cloned().collect();
         let queue = Mutex::new(comps);
         std::thread::scope(|s| {
@@ -171,6 +187,8 @@ impl SnapShooter {
             &doc! {"components_loaded": dp3_model::value::time(self.clock.now()), "linked_finished": true},
             &doc! {},
         )?;
+
+        phases.linked = started.elapsed() - phases.find_components;
 
         // Linkless snapshots, one hash partition per thread.
         let parts = self.threads as u32;
@@ -201,6 +219,7 @@ impl SnapShooter {
             }
         });
 
+        phases.linkless = started.elapsed() - phases.find_components - phases.linked;
         ctx.add_tasks(hooks.snapshot_finalize());
         let tasks = std::mem::take(&mut *ctx.tasks.lock());
         let task_count = tasks.len() as u64;
@@ -225,6 +244,7 @@ impl SnapShooter {
             tasks: task_count,
             failures,
             duration: started.elapsed(),
+            phases,
         };
         metrics::counter!("dp3_snapshot_runs_total").increment(1);
         metrics::counter!("dp3_snapshot_run_failures_total").increment(failures);
@@ -236,6 +256,9 @@ impl SnapShooter {
             tasks = task_count,
             failures,
             ms = report.duration.as_millis() as u64,
+            find_components_ms = report.phases.find_components.as_millis() as u64,
+            linked_ms = report.phases.linked.as_millis() as u64,
+            linkless_ms = report.phases.linkless.as_millis() as u64,
             "snapshot run finished"
         );
         Ok(report)
@@ -254,29 +277,53 @@ impl SnapShooter {
 struct ReadPlan {
     /// Hooks read master records: build them (the general path).
     master: bool,
-    /// Attributes current values use, when the type also has others (timeseries) that
-    /// would be read for nothing; `None` = all.
-    attrs: Option<Vec<String>>,
+    /// The fast path's read: the attributes current values use (not timeseries or
+    /// mirrors, which would be read for nothing) and, for observations, only the history
+    /// items that can count at the run's time.
+    read: RecordRead,
 }
 
 impl ReadPlan {
-    fn new(hooks: &dyn SnapshotHooks, etype: &str, entity: &dp3_model::EntityType) -> ReadPlan {
+    fn new(
+        hooks: &dyn SnapshotHooks,
+        etype: &str,
+        entity: &dp3_model::EntityType,
+        time: DateTime<Utc>,
+    ) -> ReadPlan {
         let used = |a: &dp3_model::AttrSpec| {
             a.mirror_of.is_none() && !matches!(a.kind, AttrKind::Timeseries { .. })
         };
-        let attrs = (!entity.attribs.values().all(used)).then(|| {
-            entity
-                .attribs
-                .iter()
-                .filter(|(_, a)| used(a))
-                .map(|(n, _)| n.clone())
-                .collect()
-        });
+        let attrs: Vec<String> = entity
+            .attribs
+            .iter()
+            .filter(|(_, a)| used(a))
+            .map(|(n, _)| n.clone())
+            .collect();
         ReadPlan {
             master: hooks.needs_master(etype),
-            attrs,
+            read: RecordRead {
+                windows: current_windows(entity, &attrs, time),
+                attrs: Some(attrs),
+            },
         }
     }
+}
+
+/// The [`HistoryWindow`]s of the observations attributes among `attrs` at `time`.
+pub fn current_windows(
+    entity: &dp3_model::EntityType,
+    attrs: &[String],
+    time: DateTime<Utc>,
+) -> Vec<(String, HistoryWindow)> {
+    attrs
+        .iter()
+        .filter_map(|name| match &entity.attribs.get(name)?.kind {
+            AttrKind::Observations { history_params, .. } => {
+                Some((name.clone(), HistoryWindow::at(history_params, time)))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// The stored attributes of one entity as read for its snapshot.
@@ -320,7 +367,7 @@ impl RunCtx<'_> {
         let store = &*self.shooter.store;
         match self.reads.get(etype) {
             Some(plan) if !plan.master => {
-                let records = store.get_records(etype, &eids, plan.attrs.as_deref())?;
+                let records = store.get_records(etype, &eids, &plan.read)?;
                 Ok(eids
                     .into_iter()
                     .zip(records.into_iter().map(Stored::Record))

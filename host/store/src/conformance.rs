@@ -410,6 +410,11 @@ fn records_match_master_records(store: &dyn Store) {
         w.history
             .push(("o".into(), obs(2, 3, doc! {"eid": 1}, 0.75)));
         w.history.push(("a".into(), obs(1, 2, 1.5, 1.0)));
+        if i == 42 {
+            // Arrival order differs from `t2` order: readers keep arrival order.
+            w.history.push(("o".into(), obs(6, 9, "late", 1.0)));
+            w.history.push(("o".into(), obs(1, 8, "early", 1.0)));
+        }
         if i > 0 {
             w.history.push((
                 "ts".into(),
@@ -437,23 +442,63 @@ fn records_match_master_records(store: &dyn Store) {
         Some(vec!["o".into(), "q".into(), "nope".into()]),
         Some(vec!["ts".into()]),
     ];
+    let window = |t2_from: i64, t1_until: i64| HistoryWindow {
+        t2_from: at(t2_from),
+        t1_until: at(t1_until),
+    };
+    let windows = [
+        Vec::new(),
+        vec![("o".to_string(), window(3, 6))],
+        vec![
+            ("o".to_string(), window(0, 1)),
+            ("a".to_string(), window(3, 9)),
+        ],
+    ];
     for projection in &projections {
-        let got = store
-            .get_records("R", &eids, projection.as_deref())
-            .expect("records");
-        assert_eq!(got.len(), eids.len());
-        for (eid, record) in eids.iter().zip(got) {
-            let master = match projection {
-                None => store.get_master("R", eid),
-                Some(p) => store.get_master_projected("R", eid, p),
+        for windows in &windows {
+            let read = RecordRead {
+                attrs: projection.clone(),
+                windows: windows.clone(),
+            };
+            let got = store.get_records("R", &eids, &read).expect("records");
+            assert_eq!(got.len(), eids.len());
+            for (eid, record) in eids.iter().zip(got) {
+                let master = match projection {
+                    None => store.get_master("R", eid),
+                    Some(p) => store.get_master_projected("R", eid, p),
+                }
+                .expect("master");
+                let want = master.as_ref().map(|m| {
+                    let mut r = StoredRecord::from_master(m);
+                    read.apply_windows(&mut r);
+                    r
+                });
+                assert_eq!(record.map(sorted), want.map(sorted), "{eid} {read:?}");
             }
-            .expect("master");
-            let want = master.as_ref().map(StoredRecord::from_master);
-            assert_eq!(record.map(sorted), want.map(sorted), "{eid} {projection:?}");
         }
     }
+    // Boundaries are inclusive and order is arrival order, not `t2` order.
+    let read = RecordRead {
+        attrs: Some(vec!["o".into()]),
+        windows: vec![("o".into(), window(3, 6))],
+    };
+    let got = store
+        .get_records("R", &[Eid::Int(42)], &read)
+        .expect("records");
+    let items = &got[0].as_ref().expect("exists").history[0].1;
+    let values: Vec<&Bson> = items.iter().map(|i| &i.v).collect();
     assert_eq!(
-        store.get_records("nothing", &eids, None).expect("records"),
+        values,
+        [
+            &Bson::Document(doc! {"eid": 1}),
+            &Bson::from("late"),
+            &Bson::from("early")
+        ]
+    );
+    assert_eq!(
+        store
+            .get_records("nothing", &eids, &RecordRead::default())
+            .expect("records"),
         vec![None; eids.len()]
     );
     for scan in [

@@ -72,21 +72,25 @@ pub trait Store: Send + Sync {
 
     /// The stored attributes of several entities of one type, in `eids` order (`None` for
     /// a missing entity), without building master-record documents: the snapshooter's
-    /// read path. `attrs` limits the attributes like [`Store::get_master_projected`]
-    /// (`Some(&[])` only checks existence). The default builds them from master records.
+    /// read path. `read` limits the attributes and the history items (see [`RecordRead`]).
+    /// The default builds them from master records.
     fn get_records(
         &self,
         etype: &str,
         eids: &[Eid],
-        attrs: Option<&[String]>,
+        read: &RecordRead,
     ) -> Result<Vec<Option<StoredRecord>>> {
         eids.iter()
             .map(|eid| {
-                let master = match attrs {
+                let master = match &read.attrs {
                     Some(a) => self.get_master_projected(etype, eid, a)?,
                     None => self.get_master(etype, eid)?,
                 };
-                Ok(master.as_ref().map(StoredRecord::from_master))
+                Ok(master.as_ref().map(|m| {
+                    let mut record = StoredRecord::from_master(m);
+                    read.apply_windows(&mut record);
+                    record
+                }))
             })
             .collect()
     }

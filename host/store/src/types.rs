@@ -3,7 +3,7 @@
 use bson::{Bson, Document};
 use chrono::{DateTime, Utc};
 pub use dp3_model::HistoryItem;
-pub use dp3_model::current::StoredRecord;
+pub use dp3_model::current::{HistoryWindow, StoredRecord};
 use dp3_model::{DataPoint, Eid};
 
 /// A new entity's creation metadata (`#hash`, `#time_created`).
@@ -200,4 +200,39 @@ pub struct RunMetadataQuery {
     pub skip: u64,
     /// 0 = unlimited.
     pub limit: u64,
+}
+
+/// What [`crate::Store::get_records`] reads of each entity.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordRead {
+    /// The attributes to read, like [`crate::Store::get_master_projected`]; `None` = all
+    /// (`Some(vec![])` only checks existence).
+    pub attrs: Option<Vec<String>>,
+    /// History items of these attributes outside their window are left out (a store may
+    /// return more, never less); other attributes are read whole.
+    pub windows: Vec<(String, HistoryWindow)>,
+}
+
+impl RecordRead {
+    /// The window of `attr`, if it has one.
+    pub fn window(&self, attr: &str) -> Option<&HistoryWindow> {
+        self.windows.iter().find(|(a, _)| a == attr).map(|(_, w)| w)
+    }
+
+    /// Drop the history items outside their windows, and windowed attributes left without
+    /// items (as when no row was read), for stores that read them anyway.
+    pub fn apply_windows(&self, record: &mut StoredRecord) {
+        if self.windows.is_empty() {
+            return;
+        }
+        record
+            .history
+            .retain_mut(|(attr, items)| match self.window(attr) {
+                Some(w) => {
+                    items.retain(|i| w.contains(i));
+                    !items.is_empty()
+                }
+                None => true,
+            });
+    }
 }

@@ -140,3 +140,57 @@ fn two_handles_on_one_file_see_each_other() {
     let again = SqliteStore::open(&path).expect("reopen");
     assert_eq!(again.count_master("E").expect("count"), 201);
 }
+
+#[test]
+fn version_3_stores_are_migrated_with_their_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.db");
+    let eid = Eid::String("x".into());
+    {
+        let s = SqliteStore::open(&path).expect("create");
+        let mut w = EntityWrite::new("E", eid.clone());
+        for i in 0..3 {
+            let t1 = Utc::now() - chrono::TimeDelta::minutes(10 - i);
+            w.history.push((
+                "o".into(),
+                dp3_store::HistoryItem {
+                    t1,
+                    t2: t1,
+                    v: Bson::Int64(i),
+                    c: Some(1.0),
+                },
+            ));
+        }
+        s.apply(&WriteBatch {
+            ops: vec![WriteOp::Entity(w)],
+            ..Default::default()
+        })
+        .expect("write");
+    }
+    // Turn the file back into a version-3 store (the index without `t2`).
+    let conn = rusqlite::Connection::open(&path).expect("sqlite");
+    conn.execute_batch(
+        "DROP INDEX history_key; CREATE INDEX history_key ON history(entity, attr); \
+         PRAGMA user_version = 3;",
+    )
+    .expect("downgrade");
+    drop(conn);
+
+    let s = SqliteStore::open(&path).expect("migrates");
+    let master = s.get_master("E", &eid).expect("get").expect("some");
+    assert_eq!(master.get_array("o").expect("history").len(), 3);
+    drop(s);
+    let conn = rusqlite::Connection::open(&path).expect("sqlite");
+    let version: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, dp3_store::sqlite::SCHEMA_VERSION);
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'history_key'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("index");
+    assert!(sql.contains("t2"), "{sql}");
+}

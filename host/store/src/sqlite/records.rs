@@ -7,19 +7,19 @@ use dp3_model::{Eid, HistoryItem};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::codec::{SqlResultExt, decode_value};
+use super::codec::{SqlResultExt, decode_value, ms};
 use super::master::{corrupt_key, scan_keys};
 use super::names::Names;
 use crate::error::{Result, StoreError};
 use crate::keys::{eid_from_key, eid_key};
-use crate::types::{MasterScan, StoredRecord};
+use crate::types::{MasterScan, RecordRead, StoredRecord};
 
 pub fn get_records(
     conn: &Connection,
     names: &Names,
     etype: &str,
     eids: &[Eid],
-    attrs: Option<&[String]>,
+    read: &RecordRead,
 ) -> Result<Vec<Option<StoredRecord>>> {
     let Some(et) = names.id(conn, etype)? else {
         return Ok(vec![None; eids.len()]);
@@ -27,8 +27,17 @@ pub fn get_records(
     // One read transaction: a consistent view of the batch, and one WAL snapshot instead of
     // one per statement. Dropping it ends it (nothing to commit).
     let _tx = conn.unchecked_transaction().db()?;
+    // History windows by attribute id, in stored milliseconds (widened to whole
+    // milliseconds: a store may return more items, never fewer).
+    let mut windows: Vec<(i64, RowWindow)> = Vec::new();
+    for (name, w) in &read.windows {
+        if let Some(id) = names.id(conn, name)? {
+            windows.push((id, (ms(w.t2_from), ms(w.t1_until).saturating_add(1))));
+        }
+    }
+    let window_of = |attr: i64| windows.iter().find(|(a, _)| *a == attr).map(|(_, w)| *w);
     // Attribute ids of the projection (names never stored cannot have rows).
-    let wanted: Option<Vec<i64>> = match attrs {
+    let wanted: Option<Vec<i64>> = match &read.attrs {
         Some(a) => {
             let mut ids = Vec::with_capacity(a.len());
             for name in a {
@@ -49,17 +58,23 @@ pub fn get_records(
         .prepare_cached("SELECT attr, v FROM plain WHERE etype = ?1 AND ekey = ?2")
         .db()?;
     let mut all_history = conn
-        .prepare_cached(
-            "SELECT attr, t1, t2, c, v FROM history WHERE entity = ?1 ORDER BY attr, seq",
-        )
+        .prepare_cached("SELECT attr, seq, t1, t2, c, v FROM history WHERE entity = ?1")
         .db()?;
-    // One index range per projected attribute: rows of other attributes are never read.
+    // One index range per projected attribute: rows of other attributes are never read,
+    // and with a window only the index range of `t2` that can count.
     let mut attr_history = conn
         .prepare_cached(
-            "SELECT attr, t1, t2, c, v FROM history WHERE entity = ?1 AND attr = ?2 ORDER BY seq",
+            "SELECT attr, seq, t1, t2, c, v FROM history WHERE entity = ?1 AND attr = ?2",
+        )
+        .db()?;
+    let mut window_history = conn
+        .prepare_cached(
+            "SELECT attr, seq, t1, t2, c, v FROM history \
+             WHERE entity = ?1 AND attr = ?2 AND t2 >= ?3 AND t1 <= ?4",
         )
         .db()?;
     let mut out = Vec::with_capacity(eids.len());
+    let mut rows_buf = Vec::new();
     for eid in eids {
         let key = eid_key(eid);
         let id: Option<i64> = entity
@@ -83,39 +98,39 @@ pub fn get_records(
             }
         }
         match &wanted {
-            None => {
-                let rows = all_history.query([id]).db()?;
-                read_history(conn, names, rows, &mut record)?;
-            }
+            None => read_rows(all_history.query([id]).db()?, &window_of, &mut rows_buf)?,
             Some(w) => {
-                for attr in w {
-                    let rows = attr_history.query(params![id, attr]).db()?;
-                    read_history(conn, names, rows, &mut record)?;
+                for &attr in w {
+                    let rows = match window_of(attr) {
+                        Some((from, until)) => window_history.query(params![id, attr, from, until]),
+                        None => attr_history.query(params![id, attr]),
+                    };
+                    read_rows(rows.db()?, &window_of, &mut rows_buf)?;
                 }
             }
         }
+        group_rows(conn, names, &mut rows_buf, &mut record)?;
         out.push(Some(record));
     }
     Ok(out)
 }
 
-/// Append history rows `(attr, t1, t2, c, v)` ordered by attribute to `record`.
-fn read_history(
-    conn: &Connection,
-    names: &Names,
+/// `(t2 from, t1 until)` in stored milliseconds, inclusive.
+type RowWindow = (i64, i64);
+
+/// Collect history rows `(attr, seq, t1, t2, c, v)` into `out`, skipping rows outside their
+/// attribute's window before decoding them.
+fn read_rows(
     mut rows: rusqlite::Rows<'_>,
-    record: &mut StoredRecord,
+    window_of: &impl Fn(i64) -> Option<RowWindow>,
+    out: &mut Vec<(i64, i64, HistoryItem)>,
 ) -> Result<()> {
-    let mut current: Option<(i64, Vec<HistoryItem>)> = None;
     while let Some(r) = rows.next().db()? {
         let attr: i64 = r.get(0).db()?;
-        if current.as_ref().is_none_or(|(a, _)| *a != attr) {
-            if let Some((a, items)) = current.take() {
-                record.history.push((names.name(conn, a)?, items));
-            }
-            current = Some((attr, Vec::new()));
+        let (t1, t2) = (r.get::<_, i64>(2).db()?, r.get::<_, i64>(3).db()?);
+        if window_of(attr).is_some_and(|(from, until)| t2 < from || t1 > until) {
+            continue;
         }
-        let (t1, t2) = (r.get::<_, i64>(1).db()?, r.get::<_, i64>(2).db()?);
         // As the master-record path: items whose times chrono cannot represent are skipped.
         let (Some(t1), Some(t2)) = (
             Utc.timestamp_millis_opt(t1).single(),
@@ -126,9 +141,31 @@ fn read_history(
         let item = HistoryItem {
             t1,
             t2,
-            c: r.get::<_, Option<f64>>(3).db()?,
-            v: decode_value(blob(r, 4)?, "history value")?,
+            c: r.get::<_, Option<f64>>(4).db()?,
+            v: decode_value(blob(r, 5)?, "history value")?,
         };
+        out.push((attr, r.get(1).db()?, item));
+    }
+    Ok(())
+}
+
+/// Move collected rows into `record`, one history per attribute (by attribute id), items
+/// in stored (`seq`) order: the index returns a window's rows in `t2` order.
+fn group_rows(
+    conn: &Connection,
+    names: &Names,
+    rows: &mut Vec<(i64, i64, HistoryItem)>,
+    record: &mut StoredRecord,
+) -> Result<()> {
+    rows.sort_by_key(|(attr, seq, _)| (*attr, *seq));
+    let mut current: Option<(i64, Vec<HistoryItem>)> = None;
+    for (attr, _, item) in rows.drain(..) {
+        if current.as_ref().is_none_or(|(a, _)| *a != attr) {
+            if let Some((a, items)) = current.take() {
+                record.history.push((names.name(conn, a)?, items));
+            }
+            current = Some((attr, Vec::new()));
+        }
         if let Some((_, items)) = current.as_mut() {
             items.push(item);
         }

@@ -9,12 +9,13 @@ use crate::error::{Result, StoreError};
 /// `PRAGMA application_id` of a dp3-rs store ("DP3R").
 pub const APPLICATION_ID: i32 = 0x4450_3352;
 /// `PRAGMA user_version`: bump with a migration when the layout changes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// All tables. Per-entity tables are keyed `(etype, ekey, ...)` WITHOUT ROWID so one
 /// entity's rows are clustered, except `history`: its rows are appended in `seq` (arrival)
-/// order and found through the narrow `history_key` index (whose entries end in the rowid,
-/// so one attribute's items come out in arrival order); history refers to its entity by the
+/// order and found through the narrow `history_key` index `(entity, attr, t2)` (a snapshot
+/// run reads only the `t2` range that can count at its time; readers order items by `seq`,
+/// arrival order); history refers to its entity by the
 /// entity row's small integer `id`, which keeps index entries ~10 bytes. Appending rows and inserting only
 /// small index entries dirties far fewer pages per batch than inserting whole rows into a
 /// clustered tree (measured: the write path is bound by dirty pages written to the WAL); `etype`/`attr` are ids from `name`; `ekey` is
@@ -35,7 +36,7 @@ CREATE TABLE history(
     seq INTEGER PRIMARY KEY, entity INTEGER NOT NULL, attr INTEGER NOT NULL,
     t1 INTEGER NOT NULL, t2 INTEGER NOT NULL, c REAL, v BLOB NOT NULL,
     n INTEGER);
-CREATE INDEX history_key ON history(entity, attr);
+CREATE INDEX history_key ON history(entity, attr, t2);
 CREATE TABLE raw(
     id INTEGER PRIMARY KEY, etype INTEGER NOT NULL, ekey BLOB NOT NULL, attr INTEGER NOT NULL,
     src TEXT, t1 INTEGER, t2 INTEGER, c REAL, v BLOB NOT NULL);
@@ -123,6 +124,15 @@ fn check_version(conn: &Connection, path: &Path) -> Result<()> {
         conn.execute_batch("ALTER TABLE history ADD COLUMN n INTEGER; PRAGMA user_version = 3;")
             .map_err(|e| open_err(path, format!("cannot migrate the store to version 3 ({e})")))?;
         version = 3;
+    }
+    if version == 3 {
+        // v4: `t2` in the history index (snapshot runs read only the rows that can count).
+        conn.execute_batch(
+            "BEGIN IMMEDIATE; DROP INDEX IF EXISTS history_key; \
+             CREATE INDEX history_key ON history(entity, attr, t2); PRAGMA user_version = 4; COMMIT;",
+        )
+        .map_err(|e| open_err(path, format!("cannot migrate the store to version 4 ({e})")))?;
+        version = 4;
     }
     if version != SCHEMA_VERSION {
         return Err(open_err(

@@ -6,7 +6,7 @@
 //! rare element types are delegated to the crate.
 
 use bson::spec::BinarySubtype;
-use bson::{Bson, doc};
+use bson::{Bson, Document, doc};
 
 /// A value that has no BSON encoding (a document key with a NUL byte, or a size over 2 GiB).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +71,21 @@ pub fn write_value(out: &mut Vec<u8>, v: &Bson) -> Result<(), BsonWriteError> {
     Ok(())
 }
 
+/// The BSON bytes of `doc` with `key` set to `value`: what `Document::insert` on a copy
+/// would give (replaced in place when present, appended otherwise), without the copy.
+pub fn document_with(doc: &Document, key: &str, value: &Bson) -> Result<Vec<u8>, BsonWriteError> {
+    let mut out = Vec::with_capacity(256);
+    let fields = doc
+        .iter()
+        .map(|(k, v)| (k.as_str(), if k == key { value } else { v }));
+    if doc.contains_key(key) {
+        write_document(&mut out, fields)?;
+    } else {
+        write_document(&mut out, fields.chain(std::iter::once((key, value))))?;
+    }
+    Ok(out)
+}
+
 fn len_i32(n: usize, what: &str) -> Result<i32, BsonWriteError> {
     i32::try_from(n).map_err(|_| BsonWriteError(format!("{what} exceeds 2 GiB")))
 }
@@ -110,6 +125,24 @@ fn finish_document(out: &mut Vec<u8>, at: usize) -> Result<(), BsonWriteError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn document_with_equals_insert_on_a_copy() {
+        let d = doc! {"eid": 5, "a": "x", "b": [1.5, {"c": null}]};
+        for (key, value) in [
+            ("a", Bson::Int64(7)),
+            ("_time_created", Bson::Boolean(true)),
+        ] {
+            let mut copy = d.clone();
+            copy.insert(key, value.clone());
+            assert_eq!(
+                document_with(&d, key, &value).expect("encodes"),
+                copy.to_vec().expect("bson"),
+                "{key}"
+            );
+        }
+        assert!(document_with(&doc! {"a\0b": 1}, "t", &Bson::Null).is_err());
+    }
 
     #[test]
     fn same_bytes_as_the_bson_crate() {

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use dp3_model::Eid;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::codec::{SqlResultExt, bson_time, decode_doc, encode_doc, ms};
+use super::codec::{SqlResultExt, bson_time, decode_doc, ms};
 use super::master::corrupt_key;
 use super::names::Names;
 use crate::error::{Result, StoreError};
@@ -43,11 +43,11 @@ pub fn save_snapshots(
              SET time = excluded.time, doc = excluded.doc WHERE excluded.time >= snapshot_latest.time",
         )
         .db()?;
+    let created = bson_time(t);
     for (eid, doc) in snapshots {
         let key = eid_key(eid);
-        let mut doc = doc.clone();
-        doc.insert("_time_created", bson_time(t));
-        let bytes = encode_doc(&doc)?;
+        let bytes = dp3_model::bson_bytes::document_with(doc, "_time_created", &created)
+            .map_err(|e| StoreError::InvalidQuery(e.to_string()))?;
         history.execute(params![et, key, t, bytes]).db()?;
         let sort_key = bucket_sort_key(eid, time.timestamp());
         latest.execute(params![et, key, t, sort_key, bytes]).db()?;

@@ -453,6 +453,11 @@ fn records_match_master_records(store: &dyn Store) {
             ("o".to_string(), window(0, 1)),
             ("a".to_string(), window(3, 9)),
         ],
+        // A window on a plain attribute: its plain value is not read.
+        vec![
+            ("o".to_string(), window(0, 9)),
+            ("p".to_string(), window(0, 9)),
+        ],
     ];
     for projection in &projections {
         for windows in &windows {

@@ -208,8 +208,9 @@ pub struct RecordRead {
     /// The attributes to read, like [`crate::Store::get_master_projected`]; `None` = all
     /// (`Some(vec![])` only checks existence).
     pub attrs: Option<Vec<String>>,
-    /// History items of these attributes outside their window are left out (a store may
-    /// return more, never less); other attributes are read whole.
+    /// History attributes whose items outside their window are left out (a store may
+    /// return more, never less), and whose plain values are not read; other attributes are
+    /// read whole.
     pub windows: Vec<(String, HistoryWindow)>,
 }
 
@@ -219,12 +220,14 @@ impl RecordRead {
         self.windows.iter().find(|(a, _)| a == attr).map(|(_, w)| w)
     }
 
-    /// Drop the history items outside their windows, and windowed attributes left without
-    /// items (as when no row was read), for stores that read them anyway.
+    /// Drop the history items outside their windows, windowed attributes left without
+    /// items (as when no row was read) and plain values of windowed attributes, for stores
+    /// that read them anyway.
     pub fn apply_windows(&self, record: &mut StoredRecord) {
         if self.windows.is_empty() {
             return;
         }
+        record.plain.retain(|(attr, _)| self.window(attr).is_none());
         record
             .history
             .retain_mut(|(attr, items)| match self.window(attr) {

@@ -86,11 +86,17 @@ pub fn get_records(
             continue;
         };
         let mut record = StoredRecord::default();
-        if wanted.as_ref().is_none_or(|w| !w.is_empty()) {
+        // Windowed attributes are history attributes: no plain row of theirs is read, and
+        // when only they are wanted the plain table is not searched at all.
+        if wanted
+            .as_ref()
+            .is_none_or(|w| w.iter().any(|&a| window_of(a).is_none()))
+        {
             let mut rows = plain.query(params![et, key]).db()?;
             while let Some(r) = rows.next().db()? {
                 let attr: i64 = r.get(0).db()?;
-                if wanted.as_ref().is_some_and(|w| !w.contains(&attr)) {
+                if wanted.as_ref().is_some_and(|w| !w.contains(&attr)) || window_of(attr).is_some()
+                {
                     continue;
                 }
                 let v = decode_value(blob(r, 1)?, "plain value")?;

@@ -139,6 +139,23 @@ fn fill_disk(path: &Path) {
     let _ = f.sync_all();
 }
 
+/// `df` and the file sizes of the test's file system (for failure messages).
+fn disk_usage(dir: &Path) -> String {
+    let df = Command::new("df")
+        .arg("-k")
+        .arg(dir)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let du = Command::new("ls")
+        .arg("-laR")
+        .arg(dir)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    format!("{df}{du}")
+}
+
 /// The two fault tests of this file each drive a real server hard; run them one at a time so
 /// their timing assertions do not depend on each other's CPU use.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -215,7 +232,8 @@ fn disk_full_answers_503_loses_nothing_and_recovers() {
         }
         assert!(
             Instant::now() < deadline,
-            "ingestion did not resume after space returned\n{}",
+            "ingestion did not resume after space returned\n{}\n{}",
+            disk_usage(&mount_dir),
             dp3.log_text()
         );
         std::thread::sleep(Duration::from_millis(200));

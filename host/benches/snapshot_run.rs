@@ -199,6 +199,25 @@ fn rss_mib() -> f64 {
     dp3::metrics::resident_memory_bytes().unwrap_or(0) as f64 / 1048576.0
 }
 
+/// A memory figure of `/proc/self/status` in MiB.
+fn status_mib(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// Anonymous resident memory (the process's own heap; the rest of RSS is pages of the
+/// store file mapped by SQLite readers, which the kernel reclaims as needed).
+fn anon_mib() -> f64 {
+    status_mib("RssAnon:")
+}
+
 /// CPU time (user + system) used by this process so far (Linux `/proc/self/stat`, in the
 /// kernel's 100 Hz ticks): with other work on the machine, CPU per entity is steadier than
 /// throughput.
@@ -276,12 +295,13 @@ fn main() {
         let secs = report.duration.as_secs_f64();
         let cpu = cpu_seconds() - cpu_before;
         println!(
-            "snapshot run, {threads} thread(s): {} entities ({} linked components) in {secs:.2} s = {:.0} entities/s; CPU {cpu:.2} s ({:.1} µs per entity); resident memory {rss_before:.0} MiB before, {:.0} MiB after",
+            "snapshot run, {threads} thread(s): {} entities ({} linked components) in {secs:.2} s = {:.0} entities/s; CPU {cpu:.2} s ({:.1} µs per entity); resident memory {rss_before:.0} MiB before, {:.0} MiB after ({:.0} MiB anonymous)",
             report.entities,
             report.components,
             report.entities as f64 / secs,
             cpu * 1e6 / report.entities as f64,
-            rss_mib()
+            rss_mib(),
+            anon_mib()
         );
         let p = &report.phases;
         println!(
@@ -292,6 +312,10 @@ fn main() {
         );
         assert_eq!(report.failures, 0);
     }
+    println!(
+        "peak resident memory {:.0} MiB (file pages included)",
+        status_mib("VmHWM:")
+    );
     // The figures count real work: a snapshot has every current value and the correlated
     // site name.
     let snap = store

@@ -118,7 +118,8 @@ impl Dp3 {
 
     pub fn start_with(config: &Path, data: &Path, extra: &[&str]) -> Dp3 {
         let port = free_port();
-        let log = data.with_extension(format!("{port}.log"));
+        // Next to the configuration, not the data: a test may fill the data's disk.
+        let log = config.with_extension(format!("{port}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(dp3_bin())
             .arg("run")

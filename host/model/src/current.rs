@@ -236,9 +236,14 @@ impl HistoryWindow {
             Some(e) => e.min(params.post_validity),
             None => params.post_validity,
         };
+        // Saturating: validities far beyond the representable range mean "everything".
         HistoryWindow {
-            t2_from: t - after_t2,
-            t1_until: t + params.pre_validity,
+            t2_from: t
+                .checked_sub_signed(after_t2)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+            t1_until: t
+                .checked_add_signed(params.pre_validity)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
         }
     }
 
@@ -911,6 +916,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn huge_validities_give_an_unbounded_window() {
+        let params = HistoryParams {
+            pre_validity: TimeDelta::MAX,
+            post_validity: TimeDelta::MAX,
+            ..HistoryParams::default()
+        };
+        let w = HistoryWindow::at(&params, at("12:00"));
+        assert_eq!(w.t2_from, DateTime::<Utc>::MIN_UTC);
+        assert_eq!(w.t1_until, DateTime::<Utc>::MAX_UTC);
     }
 
     proptest::proptest! {

@@ -23,6 +23,7 @@ use dp3_store::{Creation, EntityWrite, HistoryItem, LinkKey, LinkOp, Store, Writ
 use tracing::{debug, warn};
 
 use super::hooks::IngestionHooks;
+use super::known::KnownEntities;
 use super::staging::{Staging, TaskOutput};
 use super::stats::PipelineStats;
 use crate::clock::Clock;
@@ -55,17 +56,22 @@ impl Executor {
     /// Process a task and the same-entity tasks its hooks return (up to `max_inline`),
     /// accumulating everything into `out`. Returns whether the source task created its
     /// entity.
-    pub fn process_chain(&self, task: DataPointTask, out: &mut TaskOutput) -> bool {
+    pub fn process_chain(
+        &self,
+        task: DataPointTask,
+        out: &mut TaskOutput,
+        known: &mut KnownEntities,
+    ) -> bool {
         let hooks = self.hooks.load();
         let source_key = (task.etype.clone(), task.eid.clone());
         let mut children = Vec::new();
-        let created = self.process_one(&*hooks, task, out, &mut children);
+        let created = self.process_one(&*hooks, task, out, &mut children, known);
         let mut admitted = 0usize;
         let mut pending: VecDeque<DataPointTask> = VecDeque::new();
         self.partition(&source_key, children, &mut admitted, &mut pending, out);
         while let Some(inline) = pending.pop_front() {
             let mut grandchildren = Vec::new();
-            self.process_one(&*hooks, inline, out, &mut grandchildren);
+            self.process_one(&*hooks, inline, out, &mut grandchildren, known);
             self.partition(&source_key, grandchildren, &mut admitted, &mut pending, out);
         }
         created
@@ -100,14 +106,15 @@ impl Executor {
         task: DataPointTask,
         out: &mut TaskOutput,
         children: &mut Vec<DataPointTask>,
+        known: &mut KnownEntities,
     ) -> bool {
         hooks.on_task_start(&task);
-        let Some(entity) = self.model.entity(&task.etype) else {
+        let Some((etype_index, _, entity)) = self.model.entities.get_full(&task.etype) else {
             warn!(etype = %task.etype, "task for unknown entity type dropped");
             self.stats.task_errors.inc();
             return false;
         };
-        let exists = match self.exists(&task.etype, &task.eid, out) {
+        let exists = match self.exists(etype_index, &task.etype, &task.eid, out, known) {
             Ok(e) => e,
             Err(e) => {
                 warn!(etype = %task.etype, eid = %task.eid, error = %e, "existence check failed; task dropped");
@@ -182,7 +189,14 @@ impl Executor {
         new_entity
     }
 
-    fn exists(&self, etype: &str, eid: &Eid, out: &TaskOutput) -> dp3_store::Result<bool> {
+    fn exists(
+        &self,
+        etype_index: usize,
+        etype: &str,
+        eid: &Eid,
+        out: &TaskOutput,
+        known: &mut KnownEntities,
+    ) -> dp3_store::Result<bool> {
         // Earlier tasks of this chain (inline children) are not staged yet.
         if let Some((_, _, e)) = out
             .existence
@@ -192,10 +206,33 @@ impl Executor {
         {
             return Ok(*e);
         }
+        if known.contains(etype_index, eid) {
+            return Ok(true);
+        }
         if let Some(e) = self.staging.pending_exists(etype, eid) {
             return Ok(e);
         }
-        self.store.exists(etype, eid)
+        let exists = self.store.exists(etype, eid)?;
+        if exists {
+            // Stays true until this lane deletes it (see `known`).
+            known.insert(etype_index, eid);
+        }
+        Ok(exists)
+    }
+
+    /// Record the existence changes of a processed chain in the lane's memory (only once
+    /// the chain finished: a panicking chain stages nothing).
+    pub fn remember(&self, out: &TaskOutput, known: &mut KnownEntities) {
+        for (etype, eid, exists) in &out.existence {
+            let Some(index) = self.model.entities.get_index_of(etype.as_str()) else {
+                continue;
+            };
+            if *exists {
+                known.insert(index, eid);
+            } else {
+                known.remove(index, eid);
+            }
+        }
     }
 
     /// Stage one datapoint: master-record change, link cache, data-driven TTL token.

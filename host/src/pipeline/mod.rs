@@ -29,6 +29,7 @@
 pub mod broker;
 pub mod executor;
 pub mod hooks;
+pub mod known;
 pub mod staging;
 pub mod stats;
 mod writer;
@@ -523,6 +524,7 @@ fn run_lane(
     executor: &Executor,
     shared: &Shared,
 ) {
+    let mut known = known::KnownEntities::new(executor.model.entities.len());
     loop {
         if shared.lanes_stop.load(Ordering::SeqCst) {
             break;
@@ -541,12 +543,14 @@ fn run_lane(
         // A panic here would be a host bug (hooks catch their own); keep the lane alive
         // rather than taking the process down.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            executor.process_chain(task, &mut out);
+            executor.process_chain(task, &mut out, &mut known);
         }));
         if result.is_err() {
             error!(lane, "task processing panicked; the task is skipped");
             shared.stats.task_errors.inc();
             out = TaskOutput::default();
+        } else {
+            executor.remember(&out, &mut known);
         }
         if let Some(parent) = &origin {
             out.child_tags = broker::tag_children(parent, out.children.len());

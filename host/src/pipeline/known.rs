@@ -1,0 +1,120 @@
+//! Per-lane memory of entities known to exist, so the executor can skip the store's
+//! existence query for entities it has already seen (that query was the largest part of a
+//! lane's CPU time).
+//!
+//! Why only positive facts, and why per lane: an entity is always processed by the same lane
+//! (lanes are chosen by the entity's hash, and in scale-out mode the worker is too), and an
+//! entity row disappears only when a delete task applies, which runs on that same lane. So
+//! "exists" stays true until this lane itself processes a delete, which removes the entry.
+//! Absence is never cached: another process (or an earlier run) may create the entity.
+
+use std::collections::HashSet;
+
+use dp3_model::Eid;
+
+/// Entries kept per generation; two generations are kept, so a lane remembers between `CAP`
+/// and `2 * CAP` entities (bounded memory with millions of entities, recently seen ones
+/// stay).
+const CAP: usize = 100_000;
+
+/// Entities known to exist, per entity type (indexed by the type's position in the model).
+#[derive(Debug)]
+pub struct KnownEntities {
+    current: Vec<HashSet<Eid>>,
+    previous: Vec<HashSet<Eid>>,
+    len: usize,
+    cap: usize,
+}
+
+impl KnownEntities {
+    pub fn new(etypes: usize) -> Self {
+        Self::with_capacity(etypes, CAP)
+    }
+
+    fn with_capacity(etypes: usize, cap: usize) -> Self {
+        KnownEntities {
+            current: vec![HashSet::new(); etypes],
+            previous: vec![HashSet::new(); etypes],
+            len: 0,
+            cap: cap.max(1),
+        }
+    }
+
+    /// Whether the entity is known to exist (`false` = unknown, ask elsewhere).
+    pub fn contains(&self, etype: usize, eid: &Eid) -> bool {
+        self.current.get(etype).is_some_and(|s| s.contains(eid))
+            || self.previous.get(etype).is_some_and(|s| s.contains(eid))
+    }
+
+    /// Remember that the entity exists.
+    pub fn insert(&mut self, etype: usize, eid: &Eid) {
+        if etype >= self.current.len() || self.current[etype].contains(eid) {
+            return;
+        }
+        if self.len >= self.cap {
+            // Start a new generation; the oldest one is forgotten.
+            self.previous =
+                std::mem::replace(&mut self.current, vec![HashSet::new(); self.previous.len()]);
+            self.len = 0;
+        }
+        self.previous[etype].remove(eid);
+        self.current[etype].insert(eid.clone());
+        self.len += 1;
+    }
+
+    /// Forget the entity (it is being deleted).
+    pub fn remove(&mut self, etype: usize, eid: &Eid) {
+        if let Some(s) = self.current.get_mut(etype)
+            && s.remove(eid)
+        {
+            self.len -= 1;
+        }
+        if let Some(s) = self.previous.get_mut(etype) {
+            s.remove(eid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_forgets_and_stays_bounded() {
+        let mut k = KnownEntities::with_capacity(2, 3);
+        let e = |i: i64| Eid::Int(i);
+        assert!(!k.contains(0, &e(1)));
+        k.insert(0, &e(1));
+        assert!(k.contains(0, &e(1)));
+        assert!(!k.contains(1, &e(1)), "types are separate");
+        k.remove(0, &e(1));
+        assert!(!k.contains(0, &e(1)));
+        // unknown type index: ignored
+        k.insert(7, &e(1));
+        assert!(!k.contains(7, &e(1)));
+        for i in 0..3 {
+            k.insert(0, &e(i));
+        }
+        // a fourth entity starts a new generation: the old three are still known
+        k.insert(0, &e(3));
+        assert!((0..4).all(|i| k.contains(0, &e(i))));
+        // deleting an entity of the old generation forgets it
+        k.remove(0, &e(0));
+        assert!(!k.contains(0, &e(0)));
+        // re-inserting an old-generation entity moves it to the current one
+        k.insert(0, &e(1));
+        k.insert(0, &e(4));
+        k.insert(0, &e(5));
+        k.insert(0, &e(6)); // 5 started a generation: current = {5, 6}, previous = {3, 1, 4}
+        assert!(k.contains(0, &e(1)));
+        assert!(!k.contains(0, &e(2)), "oldest generation forgotten");
+        assert!(
+            k.current
+                .iter()
+                .chain(&k.previous)
+                .map(HashSet::len)
+                .sum::<usize>()
+                <= 6
+        );
+    }
+}

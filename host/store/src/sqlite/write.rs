@@ -4,7 +4,8 @@
 
 use bson::{Bson, Document};
 use chrono::Utc;
-use dp3_model::{DataPoint, Eid};
+use dp3_model::{DataPoint, Eid, HistoryItem};
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, params};
 
 use super::codec::{SqlResultExt, bson_time, encode_value, ms};
@@ -39,19 +40,105 @@ pub fn batch_names(batch: &WriteBatch) -> impl Iterator<Item = &str> {
     ops.chain(raw)
 }
 
+/// Rows per multi-row `INSERT` of history items and raw datapoints: one statement step per
+/// 64 rows instead of one per row (the per-statement work of stepping, resetting and
+/// binding was about as large as the B-tree work of appending these narrow rows).
+const ROWS_PER_INSERT: usize = 64;
+
+/// `INSERT INTO <table>(<columns>) VALUES (?, ...), ... ` with `rows` rows.
+fn multi_insert_sql(table_columns: &str, columns: usize, rows: usize) -> String {
+    let one = format!("({})", vec!["?"; columns].join(", "));
+    format!(
+        "INSERT INTO {table_columns} VALUES {}",
+        vec![one; rows].join(", ")
+    )
+}
+
+/// Buffers rows of one table and inserts them `ROWS_PER_INSERT` at a time.
+struct RowInserter<'a> {
+    table_columns: &'static str,
+    columns: usize,
+    multi_sql: String,
+    pending: Vec<ToSqlOutput<'a>>,
+}
+
+impl<'a> RowInserter<'a> {
+    fn new(table_columns: &'static str, columns: usize) -> Self {
+        RowInserter {
+            table_columns,
+            columns,
+            multi_sql: multi_insert_sql(table_columns, columns, ROWS_PER_INSERT),
+            pending: Vec::with_capacity(columns * ROWS_PER_INSERT),
+        }
+    }
+
+    /// Queue one row (`columns` values); inserts a full chunk.
+    fn push(
+        &mut self,
+        conn: &Connection,
+        row: impl IntoIterator<Item = ToSqlOutput<'a>>,
+    ) -> Result<()> {
+        self.pending.extend(row);
+        debug_assert_eq!(self.pending.len() % self.columns, 0);
+        if self.pending.len() >= self.columns * ROWS_PER_INSERT {
+            let mut stmt = conn.prepare_cached(&self.multi_sql).db()?;
+            execute_bound(&mut stmt, &self.pending)?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// Insert what is queued (before anything in the transaction reads the table, and at
+    /// the end of the batch).
+    fn flush(&mut self, conn: &Connection) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = conn
+            .prepare_cached(&multi_insert_sql(self.table_columns, self.columns, 1))
+            .db()?;
+        for row in self.pending.chunks(self.columns) {
+            execute_bound(&mut stmt, row)?;
+        }
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+fn execute_bound(stmt: &mut rusqlite::Statement<'_>, values: &[ToSqlOutput<'_>]) -> Result<()> {
+    for (i, v) in values.iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, v).db()?;
+    }
+    stmt.raw_execute().db()?;
+    Ok(())
+}
+
+fn int(v: i64) -> ToSqlOutput<'static> {
+    ToSqlOutput::Owned(Value::Integer(v))
+}
+
+fn opt_int(v: Option<i64>) -> ToSqlOutput<'static> {
+    ToSqlOutput::Owned(v.map_or(Value::Null, Value::Integer))
+}
+
+fn blob(v: Vec<u8>) -> ToSqlOutput<'static> {
+    ToSqlOutput::Owned(Value::Blob(v))
+}
+
+const HISTORY_COLUMNS: &str = "history(entity, attr, seq, t1, t2, c, v)";
+const RAW_COLUMNS: &str = "raw(etype, ekey, attr, src, t1, t2, c, v)";
+
 const INSERT_PLAIN_SQL: &str =
     "INSERT OR REPLACE INTO plain(etype, ekey, attr, v, ts) VALUES (?1, ?2, ?3, ?4, ?5)";
-const INSERT_RAW_SQL: &str = "INSERT INTO raw(etype, ekey, attr, src, t1, t2, c, v) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
 /// Statements of the hot path, prepared once per batch, and a per-batch memo of name ids
 /// (statement-cache and name-cache lookups per row were a measurable share of CPU time).
 struct Hot<'c> {
     load_entity: rusqlite::CachedStatement<'c>,
     store_entity: rusqlite::CachedStatement<'c>,
-    insert_history: rusqlite::CachedStatement<'c>,
     insert_plain: rusqlite::CachedStatement<'c>,
-    insert_raw: rusqlite::CachedStatement<'c>,
+    history: RowInserter<'c>,
+    raw: RowInserter<'c>,
     names: Vec<(String, i64)>,
 }
 
@@ -60,9 +147,9 @@ impl<'c> Hot<'c> {
         Ok(Hot {
             load_entity: conn.prepare_cached(master::LOAD_ENTITY_SQL).db()?,
             store_entity: conn.prepare_cached(master::STORE_ENTITY_SQL).db()?,
-            insert_history: conn.prepare_cached(master::INSERT_HISTORY_SQL).db()?,
             insert_plain: conn.prepare_cached(INSERT_PLAIN_SQL).db()?,
-            insert_raw: conn.prepare_cached(INSERT_RAW_SQL).db()?,
+            history: RowInserter::new(HISTORY_COLUMNS, 7),
+            raw: RowInserter::new(RAW_COLUMNS, 8),
             names: Vec::new(),
         })
     }
@@ -112,6 +199,8 @@ pub fn apply(conn: &Connection, names: &Names, batch: &WriteBatch) -> Result<App
                 }
             }
             WriteOp::Delete { etype, eid } => {
+                // The cascade reads and deletes history rows.
+                hot.history.flush(conn)?;
                 if delete_entity(conn, names, etype, eid)? {
                     stats.entities_deleted += 1;
                 }
@@ -123,6 +212,7 @@ pub fn apply(conn: &Connection, names: &Names, batch: &WriteBatch) -> Result<App
             }
         }
     }
+    hot.history.flush(conn)?;
     if seq != seq_before {
         master::store_seq(conn, seq)?;
     }
@@ -130,6 +220,7 @@ pub fn apply(conn: &Connection, names: &Names, batch: &WriteBatch) -> Result<App
         append_raw(conn, names, &mut hot, dp)?;
         stats.raw_datapoints += 1;
     }
+    hot.raw.flush(conn)?;
     for (key, doc) in &batch.meta {
         meta::put(conn, key, doc)?;
     }
@@ -173,7 +264,7 @@ fn apply_entity(
         for (attr, item) in &w.history {
             let at = hot.name(conn, names, attr)?;
             *seq += 1;
-            master::insert_history_with(&mut hot.insert_history, row.id, at, *seq, item)?;
+            push_history(conn, hot, row.id, at, *seq, item)?;
             let t2 = ms(item.t2);
             let lower = match row.min_t2s.get(attr) {
                 Some(Bson::DateTime(cur)) => cur.timestamp_millis() > t2,
@@ -206,22 +297,50 @@ fn apply_entity(
     Ok(())
 }
 
-fn append_raw(conn: &Connection, names: &Names, hot: &mut Hot<'_>, dp: &DataPoint) -> Result<()> {
+fn push_history(
+    conn: &Connection,
+    hot: &mut Hot<'_>,
+    entity: i64,
+    attr: i64,
+    seq: i64,
+    item: &HistoryItem,
+) -> Result<()> {
+    let c = ToSqlOutput::Owned(item.c.map_or(Value::Null, Value::Real));
+    let row = [
+        int(entity),
+        int(attr),
+        int(seq),
+        int(ms(item.t1)),
+        int(ms(item.t2)),
+        c,
+        blob(encode_value(&item.v)?),
+    ];
+    hot.history.push(conn, row)
+}
+
+fn append_raw<'b>(
+    conn: &Connection,
+    names: &Names,
+    hot: &mut Hot<'b>,
+    dp: &'b DataPoint,
+) -> Result<()> {
     let et = hot.name(conn, names, &dp.etype)?;
     let at = hot.name(conn, names, &dp.attr)?;
-    hot.insert_raw
-        .execute(params![
-            et,
-            eid_key(&dp.eid),
-            at,
-            dp.src,
-            dp.t1.map(ms),
-            dp.t2.map(ms),
-            dp.c,
-            encode_value(&dp.v)?
-        ])
-        .db()?;
-    Ok(())
+    let src = match &dp.src {
+        Some(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        None => ToSqlOutput::Owned(Value::Null),
+    };
+    let row = [
+        int(et),
+        blob(eid_key(&dp.eid)),
+        int(at),
+        src,
+        opt_int(dp.t1.map(ms)),
+        opt_int(dp.t2.map(ms)),
+        ToSqlOutput::Owned(Value::Real(dp.c)),
+        blob(encode_value(&dp.v)?),
+    ];
+    hot.raw.push(conn, row)
 }
 
 /// Delete an entity with DP3's cascade (data-model.md §7.5). Returns whether a master

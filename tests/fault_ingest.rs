@@ -141,19 +141,15 @@ fn fill_disk(path: &Path) {
 
 /// `df` and the file sizes of the test's file system (for failure messages).
 fn disk_usage(dir: &Path) -> String {
-    let df = Command::new("df")
-        .arg("-k")
-        .arg(dir)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let du = Command::new("ls")
-        .arg("-laR")
-        .arg(dir)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    format!("{df}{du}")
+    let output = |cmd: &str, flag: &str| {
+        Command::new(cmd)
+            .arg(flag)
+            .arg(dir)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    format!("{}{}", output("df", "-k"), output("ls", "-laR"))
 }
 
 /// The two fault tests of this file each drive a real server hard; run them one at a time so

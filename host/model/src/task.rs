@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use indexmap::IndexMap;
 
 use crate::eid::Eid;
-use crate::hash::entity_hash;
+use crate::hash::entity_hash_of;
 use crate::value;
 
 /// One validated datapoint.
@@ -125,7 +125,7 @@ impl DataPointTask {
 
     /// DP3's partition hash of the routing key.
     pub fn hash(&self) -> u16 {
-        entity_hash(&self.etype, &self.eid.to_string())
+        entity_hash_of(&self.etype, &self.eid)
     }
 
     /// True when the task carries nothing (DP3 rejects such tasks outside synthetic contexts).

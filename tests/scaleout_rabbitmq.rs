@@ -447,7 +447,8 @@ impl Cluster {
     }
 
     /// Wait until every queue is empty, no worker has a task in flight and the processed
-    /// counters stand still (three consecutive polls).
+    /// counters stand still (three consecutive polls), then print the broker's queues and
+    /// the workers' metrics for the record.
     fn wait_drained(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let mut quiet = 0;
@@ -472,6 +473,8 @@ impl Cluster {
             if empty && in_flight == 0.0 && processed == last {
                 quiet += 1;
                 if quiet >= 3 {
+                    println!("rabbitmqctl:\n{}", self.rabbitmqctl_queues());
+                    print!("{}", self.metrics_summary());
                     return;
                 }
             } else {
@@ -624,6 +627,32 @@ struct SendReport {
     unavailable: usize,
     connection_errors: usize,
     other: Vec<String>,
+}
+
+/// A fault test's load: its POSTs sent in the background to the cluster's API by
+/// [`send_all`] (40 ms apart per client thread; retried for `retry_for` when set).
+struct Load {
+    /// POSTs answered so far.
+    progress: Arc<AtomicUsize>,
+    sender: std::thread::JoinHandle<SendReport>,
+}
+
+impl Load {
+    fn start(cluster: &Cluster, posts: &Arc<Vec<Vec<Value>>>, retry_for: Option<Duration>) -> Load {
+        let progress = Arc::new(AtomicUsize::new(0));
+        let (base, posts, counter) = (cluster.url(""), posts.clone(), progress.clone());
+        let sender = std::thread::spawn(move || {
+            send_all(
+                &base,
+                &posts,
+                retry_for.is_some(),
+                retry_for.unwrap_or_default(),
+                Duration::from_millis(40),
+                &counter,
+            )
+        });
+        Load { progress, sender }
+    }
 }
 
 /// POST every body from `THREADS` threads (POST `i` by thread `i % THREADS`, in order).
@@ -990,20 +1019,7 @@ fn kill_a_worker_mid_load_store_equals_single_process() {
     let posts = Arc::new(generate(60, 250, base_time()));
     let mut cluster = Cluster::start(root, &cfg, "k");
 
-    let progress = Arc::new(AtomicUsize::new(0));
-    let sender = {
-        let (base, posts, progress) = (cluster.url(""), posts.clone(), progress.clone());
-        std::thread::spawn(move || {
-            send_all(
-                &base,
-                &posts,
-                false,
-                Duration::ZERO,
-                Duration::from_millis(40),
-                &progress,
-            )
-        })
-    };
+    let Load { progress, sender } = Load::start(&cluster, &posts, None);
     // Kill worker 1 once it has applied something and a third of the load is accepted.
     let deadline = Instant::now() + Duration::from_secs(60);
     while progress.load(Ordering::SeqCst) < posts.len() / 3
@@ -1035,8 +1051,6 @@ fn kill_a_worker_mid_load_store_equals_single_process() {
         report.other
     );
     cluster.wait_drained(Duration::from_secs(120));
-    println!("rabbitmqctl:\n{}", cluster.rabbitmqctl_queues());
-    print!("{}", cluster.metrics_summary());
     let cluster_secs = started.elapsed();
     cluster.stop();
 
@@ -1078,20 +1092,7 @@ fn rabbitmq_restart_mid_load_loses_nothing() {
     let posts = Arc::new(generate(48, 250, base_time()));
     let mut cluster = Cluster::start(root, &cfg, "r");
 
-    let progress = Arc::new(AtomicUsize::new(0));
-    let sender = {
-        let (base, posts, progress) = (cluster.url(""), posts.clone(), progress.clone());
-        std::thread::spawn(move || {
-            send_all(
-                &base,
-                &posts,
-                true,
-                Duration::from_secs(120),
-                Duration::from_millis(40),
-                &progress,
-            )
-        })
-    };
+    let Load { progress, sender } = Load::start(&cluster, &posts, Some(Duration::from_secs(120)));
     let deadline = Instant::now() + Duration::from_secs(60);
     while progress.load(Ordering::SeqCst) < posts.len() / 4 {
         if Instant::now() > deadline {
@@ -1142,8 +1143,6 @@ fn rabbitmq_restart_mid_load_loses_nothing() {
         report.other
     );
     cluster.wait_drained(Duration::from_secs(120));
-    println!("rabbitmqctl:\n{}", cluster.rabbitmqctl_queues());
-    print!("{}", cluster.metrics_summary());
     cluster.stop();
 
     // Every datapoint of every POST answered 200 is in the store:

@@ -26,6 +26,10 @@ use dp3_plugin_api::Registrar;
 use dp3_store::sqlite::SqliteStore;
 use dp3_store::{Creation, EntityWrite, HistoryItem, LinkKey, LinkOp, Store, WriteBatch, WriteOp};
 
+#[path = "../src/snapshot/test_platform.rs"]
+mod test_platform;
+use test_platform::write_platform_files;
+
 // The allocator of the `dp3` binary, so the figures are the binary's.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -33,8 +37,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const ATTRS: [&str; 5] = ["cpu", "mem", "disk", "temp", "load"];
 
 fn write_config(dir: &Path) {
-    std::fs::create_dir_all(dir.join("db_entities")).unwrap();
-    std::fs::create_dir_all(dir.join("modules")).unwrap();
+    write_platform_files(dir);
     let mut host = String::from(
         "entity: {id: host, name: Host, id_data_type: int, snapshot: true}\nattribs:\n",
     );
@@ -51,30 +54,6 @@ fn write_config(dir: &Path) {
         "entity: {id: site, name: Site, snapshot: true}\nattribs:\n  name: {name: name, type: plain, data_type: string}\n",
     )
     .unwrap();
-    for (f, body) in [
-        ("database.yml", "backend: sqlite\n"),
-        (
-            "processing_core.yml",
-            "msg_broker: {}\nworker_processes: 1\nmodules_dir: modules\nenabled_modules: []\n",
-        ),
-        (
-            "history_manager.yml",
-            "aggregation_schedule: {minute: \"*/10\"}\ndatapoint_cleaning_schedule: {minute: \"*/30\"}\nsnapshot_cleaning: {schedule: {minute: \"15,45\"}, older_than: 7d}\ndatapoint_archivation: {schedule: {hour: 2, minute: 0}, older_than: 7d}\n",
-        ),
-        ("snapshots.yml", "creation_rate: {minute: \"*/30\"}\n"),
-        ("control.yml", "allowed_actions: [make_snapshots]\n"),
-        (
-            "updater.yml",
-            "update_batch_cron: {minute: \"*/5\", second: \"0\"}\nupdate_batch_period: 5m\n",
-        ),
-        ("event_logging.yml", "groups: {}\n"),
-        (
-            "api.yml",
-            "datapoint_logger: {good_log: false, bad_log: false}\n",
-        ),
-    ] {
-        std::fs::write(dir.join(f), body).unwrap();
-    }
 }
 
 /// Rounds of datapoints: every host gets one datapoint per attribute per round, 5 minutes

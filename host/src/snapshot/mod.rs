@@ -649,4 +649,6 @@ fn fold_task(master: &mut Document, model: &ModelSpec, task: &DataPointTask, now
 }
 
 #[cfg(test)]
+mod test_platform;
+#[cfg(test)]
 mod tests;

@@ -24,8 +24,7 @@ use crate::queue::{Accepted, SubmitError, TaskSubmitter};
 use crate::wiring::LiveHookSource;
 
 fn write_config(dir: &Path) {
-    std::fs::create_dir_all(dir.join("db_entities")).unwrap();
-    std::fs::create_dir_all(dir.join("modules")).unwrap();
+    super::test_platform::write_platform_files(dir);
     std::fs::write(
         dir.join("db_entities/host.yml"),
         "entity: {id: host, name: Host, id_data_type: int, snapshot: true}\n\
@@ -57,30 +56,6 @@ fn write_config(dir: &Path) {
          \x20 grade: {name: grade, type: plain, data_type: string}\n",
     )
     .unwrap();
-    for (f, body) in [
-        ("database.yml", "backend: sqlite\n"),
-        (
-            "processing_core.yml",
-            "msg_broker: {}\nworker_processes: 1\nmodules_dir: modules\nenabled_modules: []\n",
-        ),
-        (
-            "history_manager.yml",
-            "aggregation_schedule: {minute: \"*/10\"}\ndatapoint_cleaning_schedule: {minute: \"*/30\"}\nsnapshot_cleaning: {schedule: {minute: \"15,45\"}, older_than: 7d}\ndatapoint_archivation: {schedule: {hour: 2, minute: 0}, older_than: 7d}\n",
-        ),
-        ("snapshots.yml", "creation_rate: {minute: \"*/30\"}\n"),
-        ("control.yml", "allowed_actions: [make_snapshots]\n"),
-        (
-            "updater.yml",
-            "update_batch_cron: {minute: \"*/5\", second: \"0\"}\nupdate_batch_period: 5m\n",
-        ),
-        ("event_logging.yml", "groups: {}\n"),
-        (
-            "api.yml",
-            "datapoint_logger: {good_log: false, bad_log: false}\n",
-        ),
-    ] {
-        std::fs::write(dir.join(f), body).unwrap();
-    }
 }
 
 fn now() -> DateTime<Utc> {

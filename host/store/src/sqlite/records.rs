@@ -8,7 +8,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::codec::{SqlResultExt, decode_value, ms};
-use super::master::{corrupt_key, scan_keys};
+use super::master::{corrupt_key, projection_ids, scan_keys};
 use super::names::Names;
 use crate::error::{Result, StoreError};
 use crate::keys::{eid_from_key, eid_key};
@@ -37,20 +37,7 @@ pub fn get_records(
     }
     let window_of = |attr: i64| windows.iter().find(|(a, _)| *a == attr).map(|(_, w)| *w);
     // Attribute ids of the projection (names never stored cannot have rows).
-    let wanted: Option<Vec<i64>> = match &read.attrs {
-        Some(a) => {
-            let mut ids = Vec::with_capacity(a.len());
-            for name in a {
-                if let Some(id) = names.id(conn, name)?
-                    && !ids.contains(&id)
-                {
-                    ids.push(id);
-                }
-            }
-            Some(ids)
-        }
-        None => None,
-    };
+    let wanted = projection_ids(conn, names, read.attrs.as_deref())?;
     let mut entity = conn
         .prepare_cached("SELECT id FROM entity WHERE etype = ?1 AND ekey = ?2")
         .db()?;

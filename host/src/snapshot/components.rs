@@ -13,13 +13,13 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use bson::Bson;
 use chrono::{DateTime, Utc};
 use dp3_model::{Eid, ModelSpec};
-use dp3_store::{LinkKey, MasterScan, RecordRead, Store, StoredRecord};
+use dp3_store::{MasterScan, RecordRead, Store, StoredRecord};
 
 /// An entity of a component.
 pub type Member = (String, Eid);
 
-/// Find the linked components. `current_links(etype, master, T)` returns the current
-/// values of the used link attributes of that entity as `(target etype, eid)` pairs.
+/// Find the linked components at `time`, following the current values of the used link
+/// attributes; records are read `threads` at a time.
 pub fn linked_components(
     store: &dyn Store,
     model: &ModelSpec,
@@ -79,13 +79,31 @@ pub fn linked_components(
     // order, come out exactly as when reading one entity at a time).
     let mut loaded: HashSet<usize> = HashSet::new();
     let mut empty: HashSet<usize> = HashSet::new();
-    let link_attrs = |etype: &str| -> Vec<String> {
-        used_links
-            .iter()
-            .filter(|(e, _)| e == etype)
-            .map(|(_, a)| a.clone())
-            .collect()
-    };
+    // Per entity type: its used link attributes (all that is read of it, besides existence)
+    // and their target types.
+    let plans: HashMap<&str, LinkPlan> = model
+        .entities
+        .iter()
+        .map(|(etype, entity)| {
+            let attrs: Vec<String> = used_links
+                .iter()
+                .filter(|(e, _)| e == etype)
+                .map(|(_, a)| a.clone())
+                .collect();
+            let targets = attrs
+                .iter()
+                .filter_map(|a| {
+                    let target = entity.attribs.get(a)?.data_type()?.link_target()?;
+                    Some((a.clone(), target.to_owned()))
+                })
+                .collect();
+            let read = RecordRead {
+                windows: super::current_windows(entity, &attrs, time),
+                attrs: Some(attrs),
+            };
+            (etype.as_str(), (read, targets))
+        })
+        .collect();
     while !queue.is_empty() {
         let mut wave: Vec<usize> = Vec::new();
         while wave.len() < BFS_WAVE
@@ -99,28 +117,18 @@ pub fn linked_components(
         let mut types: Vec<&str> = Vec::new();
         for &i in &wave {
             let etype = members[i].0.as_str();
-            if model.entity(etype).is_some() && !types.contains(&etype) {
+            if plans.contains_key(etype) && !types.contains(&etype) {
                 types.push(etype);
             }
         }
         for etype in types {
-            // Only the used link attributes are needed to follow links.
-            let attrs = link_attrs(etype);
-            let windows = match model.entity(etype) {
-                Some(entity) => super::current_windows(entity, &attrs, time),
-                None => Vec::new(),
-            };
-            let read = RecordRead {
-                attrs: Some(attrs),
-                windows,
-            };
             let idx: Vec<usize> = wave
                 .iter()
                 .copied()
                 .filter(|&i| members[i].0 == etype)
                 .collect();
             let eids: Vec<Eid> = idx.iter().map(|&i| members[i].1.clone()).collect();
-            let got = read_parallel(store, etype, &eids, &read, threads)?;
+            let got = read_parallel(store, etype, &eids, &plans[etype].0, threads)?;
             records.extend(idx.into_iter().zip(got));
         }
         for i in wave {
@@ -131,26 +139,20 @@ pub fn linked_components(
                 empty.insert(i);
                 continue;
             };
-            let (etype, eid) = members[i].clone();
-            let Some(entity) = model.entity(&etype) else {
+            let (etype, eid) = &members[i];
+            let (Some(entity), Some((_, targets))) =
+                (model.entity(etype), plans.get(etype.as_str()))
+            else {
                 continue;
             };
-            let attrs = link_attrs(&etype);
-            if attrs.is_empty() {
+            if targets.is_empty() {
                 continue;
             }
             let values =
                 dp3_model::current::current_values_of(entity, eid.to_bson(), &record, time);
-            for attr in &attrs {
-                let Some(target) = model
-                    .attr(&etype, attr)
-                    .and_then(|a| a.data_type())
-                    .and_then(|d| d.link_target())
-                else {
-                    continue;
-                };
+            for (attr, target) in targets {
                 for eid in link_eids(values.get(attr)) {
-                    let j = intern((target.to_owned(), eid), &mut members, &mut parent);
+                    let j = intern((target.clone(), eid), &mut members, &mut parent);
                     union(&mut parent, i, j);
                     if !loaded.contains(&j) {
                         queue.push_back(j);
@@ -209,6 +211,10 @@ fn read_parallel(
     }
     Ok(out)
 }
+
+/// How one entity type is read while following links: its used link attributes (nothing
+/// else is needed besides existence) and their `(attribute, target type)` pairs.
+type LinkPlan = (RecordRead, Vec<(String, String)>);
 
 /// The eids of a link value (`{eid}` or a list of them).
 pub fn link_eids(v: Option<&Bson>) -> Vec<Eid> {
@@ -287,9 +293,4 @@ pub fn scan_partition(
         |d| d.get("_id").and_then(Eid::from_bson),
         f,
     )
-}
-
-/// `"<etype>#<eid>"` of a member (link-cache key form).
-pub fn member_key(m: &Member) -> LinkKey {
-    LinkKey::new(m.0.clone(), m.1.clone())
 }

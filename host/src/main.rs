@@ -34,7 +34,20 @@ enum Command {
     Load(dp3::cli::load::LoadArgs),
 }
 
+/// The allocator's memory is not backed by transparent huge pages: request and batch buffers
+/// are freed and re-faulted all the time, and every fault of a huge page clears 2 MiB
+/// (measured under ingestion: 1.8 µs of CPU per datapoint in the HTTP, lane and acceptor
+/// threads, about a tenth of the whole).
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag of this process; no memory is touched.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

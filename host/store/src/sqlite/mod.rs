@@ -12,6 +12,7 @@
 //! transactions may be lost, which the queue's accept log covers.
 
 mod codec;
+mod entity_cache;
 mod links;
 mod master;
 mod meta;
@@ -36,6 +37,7 @@ use crate::Store;
 use crate::error::{Result, StoreError};
 use crate::types::*;
 use codec::SqlResultExt;
+use entity_cache::EntityCache;
 use names::Names;
 
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
@@ -46,7 +48,7 @@ const MAX_IDLE_READERS: usize = 4;
 /// The embedded SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
     names: Names,
 }
@@ -57,6 +59,20 @@ impl std::fmt::Debug for SqliteStore {
             .field("path", &self.path)
             .finish()
     }
+}
+
+/// The writer connection and what it remembers between transactions.
+struct Writer {
+    conn: Connection,
+    entities: EntityCache,
+}
+
+/// Whether a write transaction may change entity rows outside the batch path (the writer's
+/// entity cache is dropped then).
+#[derive(Clone, Copy, PartialEq)]
+enum Touches {
+    EntityRows,
+    OtherTables,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -106,7 +122,10 @@ impl SqliteStore {
         conn.set_prepared_statement_cache_capacity(64);
         Ok(SqliteStore {
             path: path.to_owned(),
-            writer: Mutex::new(conn),
+            writer: Mutex::new(Writer {
+                conn,
+                entities: EntityCache::new(),
+            }),
             readers: Mutex::new(Vec::new()),
             names: Names::default(),
         })
@@ -148,18 +167,46 @@ impl SqliteStore {
         out
     }
 
-    /// Run `f` in one immediate write transaction (committed when `f` succeeds).
+    /// Run `f` in one immediate write transaction (committed when `f` succeeds) that may
+    /// change entity rows.
     fn write<T>(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>, &Names) -> Result<T>,
     ) -> Result<T> {
-        let mut conn = lock(&self.writer);
-        let tx = conn
+        self.write_touching(Touches::EntityRows, |tx, names, _| f(tx, names))
+    }
+
+    /// [`SqliteStore::write`] for transactions that leave entity rows alone.
+    fn write_other<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &Names) -> Result<T>,
+    ) -> Result<T> {
+        self.write_touching(Touches::OtherTables, |tx, names, _| f(tx, names))
+    }
+
+    fn write_touching<T>(
+        &self,
+        touches: Touches,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &Names, &mut EntityCache) -> Result<T>,
+    ) -> Result<T> {
+        let mut writer = lock(&self.writer);
+        let Writer { conn, entities } = &mut *writer;
+        if touches == Touches::EntityRows {
+            entities.clear();
+        }
+        let result = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .db()?;
-        let out = f(&tx, &self.names)?;
-        tx.commit().db()?;
-        Ok(out)
+            .db()
+            .and_then(|tx| {
+                let out = f(&tx, &self.names, entities)?;
+                tx.commit().db()?;
+                Ok(out)
+            });
+        if result.is_err() {
+            // Rolled back: the cache may hold rows that were never committed.
+            entities.clear();
+        }
+        result
     }
 }
 
@@ -168,11 +215,12 @@ impl Store for SqliteStore {
         if batch.is_empty() {
             return Ok(ApplyStats::default());
         }
-        {
-            let conn = lock(&self.writer);
-            self.names.intern(&conn, write::batch_names(batch))?;
-        }
-        self.write(|tx, names| write::apply(tx, names, batch))
+        self.names
+            .intern(&lock(&self.writer).conn, write::batch_names(batch))?;
+        self.write_touching(Touches::OtherTables, |tx, names, entities| {
+            entities.validate(tx)?;
+            write::apply(tx, names, entities, batch)
+        })
     }
 
     fn exists(&self, etype: &str, eid: &Eid) -> Result<bool> {
@@ -224,10 +272,11 @@ impl Store for SqliteStore {
         histories: &[(String, Vec<AggregatedItem>)],
     ) -> Result<bool> {
         {
-            let conn = lock(&self.writer);
             let attrs = histories.iter().map(|(a, _)| a.as_str());
-            self.names
-                .intern(&conn, std::iter::once(etype).chain(attrs))?;
+            self.names.intern(
+                &lock(&self.writer).conn,
+                std::iter::once(etype).chain(attrs),
+            )?;
         }
         self.write(|tx, n| {
             master::replace_histories(tx, n, etype, eid, expected_revision, histories)
@@ -288,11 +337,9 @@ impl Store for SqliteStore {
         snapshots: &[(Eid, Document)],
         time: DateTime<Utc>,
     ) -> Result<()> {
-        {
-            let conn = lock(&self.writer);
-            self.names.intern(&conn, std::iter::once(etype))?;
-        }
-        self.write(|tx, n| snapshots::save_snapshots(tx, n, etype, snapshots, time))
+        self.names
+            .intern(&lock(&self.writer).conn, std::iter::once(etype))?;
+        self.write_other(|tx, n| snapshots::save_snapshots(tx, n, etype, snapshots, time))
     }
 
     fn latest_snapshots(&self, etype: &str, query: &SnapshotQuery) -> Result<Vec<Document>> {
@@ -321,7 +368,7 @@ impl Store for SqliteStore {
     }
 
     fn delete_old_snapshots(&self, etype: &str, older_than: DateTime<Utc>) -> Result<u64> {
-        self.write(|tx, n| snapshots::delete_old(tx, n, etype, older_than))
+        self.write_other(|tx, n| snapshots::delete_old(tx, n, etype, older_than))
     }
 
     fn get_meta(&self, key: &str) -> Result<Option<Document>> {
@@ -329,7 +376,7 @@ impl Store for SqliteStore {
     }
 
     fn put_meta(&self, key: &str, value: &Document) -> Result<()> {
-        self.write(|tx, _| meta::put(tx, key, value))
+        self.write_other(|tx, _| meta::put(tx, key, value))
     }
 
     fn list_meta(&self, prefix: &str) -> Result<Vec<(String, Document)>> {
@@ -337,15 +384,15 @@ impl Store for SqliteStore {
     }
 
     fn delete_meta(&self, key: &str) -> Result<()> {
-        self.write(|tx, _| meta::delete(tx, key))
+        self.write_other(|tx, _| meta::delete(tx, key))
     }
 
     fn insert_run_metadata(&self, doc: &Document) -> Result<()> {
-        self.write(|tx, _| meta::insert_run(tx, doc))
+        self.write_other(|tx, _| meta::insert_run(tx, doc))
     }
 
     fn update_run_metadata(&self, id: &str, set: &Document, inc: &Document) -> Result<()> {
-        self.write(|tx, _| meta::update_run(tx, id, set, inc))
+        self.write_other(|tx, _| meta::update_run(tx, id, set, inc))
     }
 
     fn query_run_metadata(&self, query: &RunMetadataQuery) -> Result<Vec<Document>> {
@@ -353,7 +400,7 @@ impl Store for SqliteStore {
     }
 
     fn flush(&self) -> Result<()> {
-        let conn = lock(&self.writer);
+        let conn = &lock(&self.writer).conn;
         // TRUNCATE also shrinks the WAL file (flush is called at shutdown).
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .db()

@@ -135,7 +135,7 @@ pub fn archive_raw(
         };
         let docs: Vec<Document> = batch.into_iter().map(|(_, d)| d).collect();
         sink(&docs)?;
-        store.write(|tx, names| {
+        store.write_other(|tx, names| {
             let et = names.require(tx, etype)?;
             tx.prepare_cached(
                 "DELETE FROM raw WHERE etype = ?1 AND id >= ?2 AND id <= ?3 \

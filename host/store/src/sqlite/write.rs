@@ -9,6 +9,7 @@ use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, params};
 
 use super::codec::{SqlResultExt, bson_time, encode_value, ms};
+use super::entity_cache::EntityCache;
 use super::links;
 use super::master::{self, EntityRow};
 use super::meta;
@@ -164,7 +165,12 @@ impl<'c> Hot<'c> {
     }
 }
 
-pub fn apply(conn: &Connection, names: &Names, batch: &WriteBatch) -> Result<ApplyStats> {
+pub fn apply(
+    conn: &Connection,
+    names: &Names,
+    entities: &mut EntityCache,
+    batch: &WriteBatch,
+) -> Result<ApplyStats> {
     let mut hot = Hot::new(conn)?;
     let mut stats = ApplyStats::default();
     let mut seq = master::load_seq(conn)?;
@@ -193,7 +199,7 @@ pub fn apply(conn: &Connection, names: &Names, batch: &WriteBatch) -> Result<App
                     let (et, key) = (run[start].0, &run[start].1);
                     let writes: Vec<&EntityWrite> = run[start..end].iter().map(|r| r.2).collect();
                     apply_entity(
-                        conn, names, &mut hot, et, key, &writes, &mut seq, &mut stats,
+                        conn, names, &mut hot, entities, et, key, &writes, &mut seq, &mut stats,
                     )?;
                     start = end;
                 }
@@ -201,7 +207,7 @@ pub fn apply(conn: &Connection, names: &Names, batch: &WriteBatch) -> Result<App
             WriteOp::Delete { etype, eid } => {
                 // The cascade reads and deletes history rows.
                 hot.history.flush(conn)?;
-                if delete_entity(conn, names, etype, eid)? {
+                if delete_entity(conn, names, entities, etype, eid)? {
                     stats.entities_deleted += 1;
                 }
                 i += 1;
@@ -232,6 +238,7 @@ fn apply_entity(
     conn: &Connection,
     names: &Names,
     hot: &mut Hot<'_>,
+    entities: &mut EntityCache,
     et: i64,
     key: &[u8],
     writes: &[&EntityWrite],
@@ -241,7 +248,10 @@ fn apply_entity(
     if writes.iter().all(|w| w.is_empty()) {
         return Ok(());
     }
-    let existing = master::load_entity_with(&mut hot.load_entity, et, key)?;
+    let existing = match entities.take(et, key) {
+        Some(row) => Some(row),
+        None => master::load_entity_with(&mut hot.load_entity, et, key)?,
+    };
     let created = existing.is_none();
     let mut row = match existing {
         Some(row) => row,
@@ -290,6 +300,7 @@ fn apply_entity(
     }
     row.revision += 1;
     master::store_entity_with(&mut hot.store_entity, et, key, &row)?;
+    entities.put(et, key, row);
     stats.entities_written += 1;
     if created {
         stats.entities_created += 1;
@@ -345,10 +356,17 @@ fn append_raw<'b>(
 
 /// Delete an entity with DP3's cascade (data-model.md §7.5). Returns whether a master
 /// record existed.
-fn delete_entity(conn: &Connection, names: &Names, etype: &str, eid: &Eid) -> Result<bool> {
+fn delete_entity(
+    conn: &Connection,
+    names: &Names,
+    entities: &mut EntityCache,
+    etype: &str,
+    eid: &Eid,
+) -> Result<bool> {
     let key = eid_key(eid);
     let mut existed = false;
     if let Some(et) = names.id(conn, etype)? {
+        entities.remove(et, &key);
         if let Some(row) = master::load_entity(conn, et, &key)? {
             conn.prepare_cached("DELETE FROM history WHERE entity = ?1")
                 .db()?
@@ -375,6 +393,9 @@ fn delete_entity(conn: &Connection, names: &Names, etype: &str, eid: &Eid) -> Re
         let attr = using_attr
             .split_once('#')
             .map_or(using_attr.as_str(), |(_, a)| a);
+        if let Some(from_et) = names.id(conn, &from_etype)? {
+            entities.remove(from_et, &from_key);
+        }
         remove_link_values(conn, names, &from_etype, &from_key, attr, eid)?;
     }
     links::delete_entity_links(conn, etype, &key)?;

@@ -35,6 +35,10 @@ pub const LOAD_ENTITY_SQL: &str = "SELECT hash, time_created, revision, ttl, min
 pub const STORE_ENTITY_SQL: &str = "INSERT OR REPLACE INTO \
      entity(etype, ekey, hash, time_created, revision, ttl, min_t2s, id) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+/// [`STORE_ENTITY_SQL`] for a row believed to exist: updated in place (a replace deletes and
+/// re-inserts the row). Matches nothing if the row is gone or has another id.
+pub const UPDATE_ENTITY_SQL: &str = "UPDATE entity SET hash = ?3, time_created = ?4, \
+     revision = ?5, ttl = ?6, min_t2s = ?7 WHERE etype = ?1 AND ekey = ?2 AND id = ?8";
 pub const INSERT_HISTORY_SQL: &str =
     "INSERT INTO history(entity, attr, seq, t1, t2, c, v) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
@@ -83,16 +87,18 @@ pub fn store_entity(conn: &Connection, et: i64, key: &[u8], row: &EntityRow) -> 
         et,
         key,
         row,
-    )
+    )?;
+    Ok(())
 }
 
-/// [`store_entity`] with a statement prepared from [`STORE_ENTITY_SQL`] (hot path).
+/// [`store_entity`] with a statement prepared from [`STORE_ENTITY_SQL`] or, for a row known
+/// to exist, [`UPDATE_ENTITY_SQL`] (hot path). Returns the number of rows written.
 pub fn store_entity_with(
     stmt: &mut rusqlite::Statement<'_>,
     et: i64,
     key: &[u8],
     row: &EntityRow,
-) -> Result<()> {
+) -> Result<usize> {
     let ttl = row.ttl.as_ref().map(encode_doc).transpose()?;
     let min_t2s = if row.min_t2s.is_empty() {
         None
@@ -109,8 +115,7 @@ pub fn store_entity_with(
         min_t2s,
         row.id
     ])
-    .db()?;
-    Ok(())
+    .db()
 }
 
 /// Minimum `t2` of the remaining history of one attribute (`None` when empty).

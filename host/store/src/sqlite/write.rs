@@ -137,6 +137,7 @@ const INSERT_PLAIN_SQL: &str =
 struct Hot<'c> {
     load_entity: rusqlite::CachedStatement<'c>,
     store_entity: rusqlite::CachedStatement<'c>,
+    update_entity: rusqlite::CachedStatement<'c>,
     insert_plain: rusqlite::CachedStatement<'c>,
     history: RowInserter<'c>,
     raw: RowInserter<'c>,
@@ -148,6 +149,7 @@ impl<'c> Hot<'c> {
         Ok(Hot {
             load_entity: conn.prepare_cached(master::LOAD_ENTITY_SQL).db()?,
             store_entity: conn.prepare_cached(master::STORE_ENTITY_SQL).db()?,
+            update_entity: conn.prepare_cached(master::UPDATE_ENTITY_SQL).db()?,
             insert_plain: conn.prepare_cached(INSERT_PLAIN_SQL).db()?,
             history: RowInserter::new(HISTORY_COLUMNS, 7),
             raw: RowInserter::new(RAW_COLUMNS, 8),
@@ -299,7 +301,9 @@ fn apply_entity(
         }
     }
     row.revision += 1;
-    master::store_entity_with(&mut hot.store_entity, et, key, &row)?;
+    if created || master::store_entity_with(&mut hot.update_entity, et, key, &row)? == 0 {
+        master::store_entity_with(&mut hot.store_entity, et, key, &row)?;
+    }
     entities.put(et, key, row);
     stats.entities_written += 1;
     if created {

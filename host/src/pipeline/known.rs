@@ -8,9 +8,12 @@
 //! "exists" stays true until this lane itself processes a delete, which removes the entry.
 //! Absence is never cached: another process (or an earlier run) may create the entity.
 
-use std::collections::HashSet;
+use std::collections::HashSet as StdHashSet;
 
 use dp3_model::Eid;
+
+/// Fast hashing (looked up for every task).
+type HashSet<T> = StdHashSet<T, foldhash::fast::RandomState>;
 
 /// Entries kept per generation; two generations are kept, so a lane remembers between `CAP`
 /// and `2 * CAP` entities (bounded memory with millions of entities, recently seen ones
@@ -33,8 +36,8 @@ impl KnownEntities {
 
     fn with_capacity(etypes: usize, cap: usize) -> Self {
         KnownEntities {
-            current: vec![HashSet::new(); etypes],
-            previous: vec![HashSet::new(); etypes],
+            current: vec![HashSet::default(); etypes],
+            previous: vec![HashSet::default(); etypes],
             len: 0,
             cap: cap.max(1),
         }
@@ -53,8 +56,10 @@ impl KnownEntities {
         }
         if self.len >= self.cap {
             // Start a new generation; the oldest one is forgotten.
-            self.previous =
-                std::mem::replace(&mut self.current, vec![HashSet::new(); self.previous.len()]);
+            self.previous = std::mem::replace(
+                &mut self.current,
+                vec![HashSet::default(); self.previous.len()],
+            );
             self.len = 0;
         }
         self.previous[etype].remove(eid);

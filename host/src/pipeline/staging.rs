@@ -64,6 +64,9 @@ pub struct Buffer {
 #[derive(Default)]
 struct Inner {
     buffer: Buffer,
+    /// Emptied vectors of an applied batch, reused by the next buffer: growing fresh
+    /// multi-megabyte vectors for every batch cost page faults and copies in the lanes.
+    spare: Option<(Vec<WriteOp>, Vec<DataPoint>)>,
     /// Existence of entities with uncommitted writes: key → (generation of the last staging,
     /// exists afterwards).
     pending: HashMap<(String, Eid), (u64, bool)>,
@@ -131,9 +134,28 @@ impl Staging {
         let mut inner = self.inner.lock();
         let generation = inner.generation;
         inner.generation += 1;
-        let mut b = std::mem::take(&mut inner.buffer);
+        let (mut ops, mut raw) = inner.spare.take().unwrap_or_default();
+        // Room for a batch like this one, so the lanes do not grow the vectors while they
+        // hold the lock.
+        ops.reserve(inner.buffer.ops.len());
+        raw.reserve(inner.buffer.raw.len());
+        let next = Buffer {
+            ops,
+            raw,
+            completions: Vec::with_capacity(inner.buffer.completions.len()),
+            ..Buffer::default()
+        };
+        let mut b = std::mem::replace(&mut inner.buffer, next);
         b.generation = generation;
         b
+    }
+
+    /// Hand back the vectors of an applied batch for reuse (their contents are dropped
+    /// here, on the caller's thread).
+    pub fn recycle(&self, mut ops: Vec<WriteOp>, mut raw: Vec<DataPoint>) {
+        ops.clear();
+        raw.clear();
+        self.inner.lock().spare = Some((ops, raw));
     }
 
     /// The batch of `generation` is in the store: forget pending state staged by it (state

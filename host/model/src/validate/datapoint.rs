@@ -1020,20 +1020,35 @@ fn byte_position(body: &[u8], line: usize, column: usize) -> usize {
 /// Group datapoints into one task per `(etype, eid)`, in first-seen order, datapoints in
 /// input order (api.md §4.2 "Task creation").
 pub fn group_into_tasks(dps: Vec<DataPoint>) -> Vec<DataPointTask> {
-    let mut groups: IndexMap<(String, Eid), Vec<DataPoint>> = IndexMap::new();
-    for dp in dps {
-        groups
-            .entry((dp.etype.clone(), dp.eid.clone()))
-            .or_default()
-            .push(dp);
+    // First the group of every datapoint, keyed by borrowed `(etype, eid)`, so keys are not
+    // cloned per datapoint and each task's vector is allocated once at its final size (the
+    // grouping was a tenth of the HTTP thread's time under load).
+    let mut groups: std::collections::HashMap<(&str, &Eid), usize, foldhash::fast::RandomState> =
+        std::collections::HashMap::with_capacity_and_hasher(dps.len(), Default::default());
+    let mut group_of = Vec::with_capacity(dps.len());
+    let mut sizes: Vec<usize> = Vec::new();
+    for dp in &dps {
+        let next = sizes.len();
+        let g = *groups.entry((dp.etype.as_str(), &dp.eid)).or_insert(next);
+        if g == next {
+            sizes.push(0);
+        }
+        sizes[g] += 1;
+        group_of.push(g);
     }
-    groups
-        .into_iter()
-        .map(|((etype, eid), data_points)| DataPointTask {
-            etype,
-            eid,
-            data_points,
-            ..Default::default()
-        })
-        .collect()
+    drop(groups);
+    // Groups are numbered in order of first appearance: group `g` starts when `g` tasks exist.
+    let mut tasks: Vec<DataPointTask> = Vec::with_capacity(sizes.len());
+    for (dp, g) in dps.into_iter().zip(group_of) {
+        if g == tasks.len() {
+            tasks.push(DataPointTask {
+                etype: dp.etype.clone(),
+                eid: dp.eid.clone(),
+                data_points: Vec::with_capacity(sizes[g]),
+                ..Default::default()
+            });
+        }
+        tasks[g].data_points.push(dp);
+    }
+    tasks
 }

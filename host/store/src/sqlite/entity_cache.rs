@@ -21,7 +21,7 @@ use crate::error::Result;
 /// `CAP` and `2 * CAP` recently written entities (bounded memory with millions of entities).
 const CAP: usize = 100_000;
 
-type Rows = HashMap<i64, HashMap<Vec<u8>, EntityRow>>;
+type Rows = HashMap<i64, HashMap<Vec<u8>, EntityRow, foldhash::fast::RandomState>>;
 
 #[derive(Debug, Default)]
 pub struct EntityCache {
@@ -66,17 +66,22 @@ impl EntityCache {
         self.data_version = None;
     }
 
-    /// Take the cached row of an entity out (it is put back once written).
-    pub fn take(&mut self, etype: i64, key: &[u8]) -> Option<EntityRow> {
-        if let Some(row) = self.current.get_mut(&etype).and_then(|m| m.remove(key)) {
-            self.len -= 1;
-            return Some(row);
+    /// The cached row of an entity, to be changed in place as it is written. A row of the
+    /// previous generation moves to the current one.
+    pub fn get_mut(&mut self, etype: i64, key: &[u8]) -> Option<&mut EntityRow> {
+        let in_current = self
+            .current
+            .get(&etype)
+            .is_some_and(|m| m.contains_key(key));
+        if !in_current {
+            let row = self.previous.get_mut(&etype)?.remove(key)?;
+            return Some(self.insert(etype, key, row));
         }
-        self.previous.get_mut(&etype).and_then(|m| m.remove(key))
+        self.current.get_mut(&etype)?.get_mut(key)
     }
 
-    /// Remember the row as written in the current transaction.
-    pub fn put(&mut self, etype: i64, key: &[u8], row: EntityRow) {
+    /// Remember a row read from the file or created in the current transaction.
+    pub fn insert(&mut self, etype: i64, key: &[u8], row: EntityRow) -> &mut EntityRow {
         if self.len >= self.cap {
             // Start a new generation; the oldest one is forgotten.
             self.previous = std::mem::take(&mut self.current);
@@ -85,20 +90,32 @@ impl EntityCache {
         if let Some(m) = self.previous.get_mut(&etype) {
             m.remove(key);
         }
-        if self
-            .current
-            .entry(etype)
-            .or_default()
-            .insert(key.to_vec(), row)
-            .is_none()
-        {
-            self.len += 1;
+        let rows = self.current.entry(etype).or_default();
+        match rows.entry(key.to_vec()) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                e.insert(row);
+                e.into_mut()
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                self.len += 1;
+                e.insert(row)
+            }
         }
     }
 
     /// Forget one entity (its row was deleted or changed outside the cache).
     pub fn remove(&mut self, etype: i64, key: &[u8]) {
-        drop(self.take(etype, key));
+        if self
+            .current
+            .get_mut(&etype)
+            .and_then(|m| m.remove(key))
+            .is_some()
+        {
+            self.len -= 1;
+        }
+        if let Some(m) = self.previous.get_mut(&etype) {
+            m.remove(key);
+        }
     }
 }
 
@@ -113,30 +130,44 @@ mod tests {
         }
     }
 
+    fn id(c: &mut EntityCache, etype: i64, key: &[u8]) -> Option<i64> {
+        c.get_mut(etype, key).map(|r| r.id)
+    }
+
     #[test]
     fn keeps_two_generations_and_forgets_the_oldest() {
         let mut c = EntityCache::with_capacity(2);
-        c.put(1, b"a", row(1));
-        c.put(1, b"b", row(2));
-        c.put(1, b"c", row(3)); // new generation: a, b become previous
-        c.put(2, b"a", row(4));
-        c.put(1, b"d", row(5)); // a, b forgotten
-        assert!(c.take(1, b"a").is_none());
-        assert_eq!(c.take(1, b"c").map(|r| r.id), Some(3));
-        assert_eq!(c.take(2, b"a").map(|r| r.id), Some(4));
-        assert_eq!(c.take(1, b"d").map(|r| r.id), Some(5));
-        assert!(c.take(1, b"d").is_none(), "take removes the row");
+        c.insert(1, b"a", row(1));
+        c.insert(1, b"b", row(2));
+        c.insert(1, b"c", row(3)); // new generation: a, b become previous
+        c.insert(2, b"a", row(4));
+        c.insert(1, b"d", row(5)); // a, b forgotten
+        assert_eq!(id(&mut c, 1, b"a"), None);
+        assert_eq!(id(&mut c, 1, b"d"), Some(5));
+        // c and 2/a are in the previous generation: reading one moves it to the current
+        // generation (a new one starts when that is full).
+        assert_eq!(id(&mut c, 1, b"c"), Some(3));
+        assert_eq!(id(&mut c, 2, b"a"), Some(4));
+        assert_eq!(id(&mut c, 1, b"c"), Some(3));
+    }
+
+    #[test]
+    fn rows_change_in_place() {
+        let mut c = EntityCache::with_capacity(10);
+        c.insert(1, b"a", row(1)).revision = 5;
+        c.get_mut(1, b"a").expect("cached").revision += 1;
+        assert_eq!(c.get_mut(1, b"a").map(|r| r.revision), Some(6));
     }
 
     #[test]
     fn remove_and_clear_forget_rows() {
         let mut c = EntityCache::with_capacity(10);
-        c.put(1, b"a", row(1));
-        c.put(1, b"b", row(2));
+        c.insert(1, b"a", row(1));
+        c.insert(1, b"b", row(2));
         c.remove(1, b"a");
-        assert!(c.take(1, b"a").is_none());
+        assert_eq!(id(&mut c, 1, b"a"), None);
         c.clear();
-        assert!(c.take(1, b"b").is_none());
+        assert_eq!(id(&mut c, 1, b"b"), None);
     }
 
     #[test]
@@ -151,14 +182,17 @@ mod tests {
         let other = Connection::open(&path).unwrap();
         let mut c = EntityCache::new();
         c.validate(&ours).unwrap();
-        c.put(1, b"a", row(1));
+        c.insert(1, b"a", row(1));
         ours.execute("INSERT INTO t VALUES (1)", []).unwrap();
         c.validate(&ours).unwrap();
-        assert!(c.take(1, b"a").is_some(), "our own commits keep the cache");
-        c.put(1, b"a", row(1));
+        assert_eq!(
+            id(&mut c, 1, b"a"),
+            Some(1),
+            "our own commits keep the cache"
+        );
         other.execute("INSERT INTO t VALUES (2)", []).unwrap();
         c.validate(&ours).unwrap();
-        assert!(c.take(1, b"a").is_none(), "another connection committed");
+        assert_eq!(id(&mut c, 1, b"a"), None, "another connection committed");
         drop((ours, other));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -250,16 +250,17 @@ fn apply_entity(
     if writes.iter().all(|w| w.is_empty()) {
         return Ok(());
     }
-    let existing = match entities.take(et, key) {
-        Some(row) => Some(row),
-        None => master::load_entity_with(&mut hot.load_entity, et, key)?,
-    };
-    let created = existing.is_none();
-    let mut row = match existing {
-        Some(row) => row,
-        None => EntityRow {
-            id: master::next_entity_id(conn)?,
-            ..EntityRow::default()
+    let (row, created) = match entities.get_mut(et, key) {
+        Some(row) => (row, false),
+        None => match master::load_entity_with(&mut hot.load_entity, et, key)? {
+            Some(row) => (entities.insert(et, key, row), false),
+            None => {
+                let row = EntityRow {
+                    id: master::next_entity_id(conn)?,
+                    ..EntityRow::default()
+                };
+                (entities.insert(et, key, row), true)
+            }
         },
     };
     for w in writes {
@@ -301,10 +302,11 @@ fn apply_entity(
         }
     }
     row.revision += 1;
-    if created || master::store_entity_with(&mut hot.update_entity, et, key, &row)? == 0 {
-        master::store_entity_with(&mut hot.store_entity, et, key, &row)?;
+    // The row is changed in the cache before the transaction commits: a failed batch drops
+    // the whole cache (see `SqliteStore::write_touching`).
+    if created || master::store_entity_with(&mut hot.update_entity, et, key, row)? == 0 {
+        master::store_entity_with(&mut hot.store_entity, et, key, row)?;
     }
-    entities.put(et, key, row);
     stats.entities_written += 1;
     if created {
         stats.entities_created += 1;

@@ -142,6 +142,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("dp3-http")
+        .on_thread_start(crate::pipeline::priority::defer_to_writer)
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {

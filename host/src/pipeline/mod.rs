@@ -30,6 +30,7 @@ pub mod broker;
 pub mod executor;
 pub mod hooks;
 pub mod known;
+pub mod priority;
 pub mod staging;
 pub mod stats;
 mod writer;
@@ -67,7 +68,8 @@ pub struct PipelineConfig {
     pub max_inline: usize,
     /// Tasks accepted but not yet applied before `submit` answers "overloaded".
     pub max_in_flight: usize,
-    /// Flush the staging buffer when it holds this many datapoints…
+    /// Flush the staging buffer when it holds this many datapoints (lanes wait while it
+    /// holds twice as many)…
     pub flush_datapoints: usize,
     /// …or at least this often.
     pub flush_interval: Duration,
@@ -80,7 +82,7 @@ impl Default for PipelineConfig {
             threads: 8,
             max_inline: 0,
             max_in_flight: 200_000,
-            flush_datapoints: 50_000,
+            flush_datapoints: 20_000,
             flush_interval: Duration::from_millis(200),
         }
     }
@@ -243,7 +245,7 @@ impl Pipeline {
             senders.push((ntx, ptx));
             receivers.push((nrx, prx));
         }
-        let staging = Arc::new(Staging::new());
+        let staging = Arc::new(Staging::with_limit(cfg.flush_datapoints.saturating_mul(2)));
         let stats = Arc::new(PipelineStats::default());
         let source = match intake {
             Intake::AcceptLog(log) => Source::AcceptLog(log),
@@ -524,6 +526,7 @@ fn run_lane(
     executor: &Executor,
     shared: &Shared,
 ) {
+    priority::defer_to_writer();
     let mut known = known::KnownEntities::new(executor.model.entities.len());
     loop {
         if shared.lanes_stop.load(Ordering::SeqCst) {

@@ -73,17 +73,43 @@ struct Inner {
     generation: u64,
 }
 
+/// How long a lane waits for room in a full buffer before staging anyway (a bound, so a
+/// writer that stopped taking batches cannot hang the lanes).
+const ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Shared between lanes (producers) and the writer (consumer).
-#[derive(Default)]
 pub struct Staging {
     inner: Mutex<Inner>,
     /// Signalled when the buffer grows, so the writer can flush early when it is large.
     grew: Condvar,
+    /// Signalled when the writer takes the buffer.
+    room: Condvar,
+    /// Lanes wait once the buffer holds this many datapoints. Without the bound the writer
+    /// took ever larger batches, and while it applied one (over a second), every accepted
+    /// task sat in that batch, so the API answered 503 and the lanes idled: ingestion ran
+    /// in bursts instead of keeping the writer and the other threads busy together.
+    max_datapoints: usize,
+}
+
+impl Default for Staging {
+    fn default() -> Self {
+        Self::with_limit(usize::MAX)
+    }
 }
 
 impl Staging {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A buffer whose lanes wait (up to [`ROOM_WAIT`]) while it holds `max_datapoints`.
+    pub fn with_limit(max_datapoints: usize) -> Self {
+        Staging {
+            inner: Mutex::default(),
+            grew: Condvar::new(),
+            room: Condvar::new(),
+            max_datapoints: max_datapoints.max(1),
+        }
     }
 
     /// Existence of an entity according to uncommitted writes (`None` = not known here, ask
@@ -113,8 +139,16 @@ impl Staging {
         b.completions.push(completion);
         b.datapoints += out.datapoints;
         b.tasks += 1;
-        drop(inner);
+        let full = b.datapoints >= self.max_datapoints;
         self.grew.notify_one();
+        if full {
+            let deadline = std::time::Instant::now() + ROOM_WAIT;
+            while inner.buffer.datapoints >= self.max_datapoints {
+                if self.room.wait_until(&mut inner, deadline).timed_out() {
+                    break;
+                }
+            }
+        }
     }
 
     /// Wait until the buffer holds at least `min_datapoints` datapoints or `timeout` passes.
@@ -147,6 +181,8 @@ impl Staging {
         };
         let mut b = std::mem::replace(&mut inner.buffer, next);
         b.generation = generation;
+        drop(inner);
+        self.room.notify_all();
         b
     }
 
@@ -174,6 +210,40 @@ impl Staging {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn output(datapoints: usize) -> TaskOutput {
+        TaskOutput {
+            datapoints,
+            ..Default::default()
+        }
+    }
+
+    const AT: Completion = Completion {
+        lane: 0,
+        priority: false,
+        position: (1, 0),
+    };
+
+    #[test]
+    fn a_full_buffer_holds_the_lane_until_the_writer_takes_it() {
+        let s = std::sync::Arc::new(Staging::with_limit(10));
+        s.stage(AT, output(4)); // below the limit: returns at once
+        let lane = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let t = std::time::Instant::now();
+                s.stage(AT, output(6)); // reaches the limit: waits
+                t.elapsed()
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(s.take().datapoints, 10);
+        let waited = lane.join().unwrap();
+        assert!(
+            waited >= std::time::Duration::from_millis(150) && waited < ROOM_WAIT,
+            "the lane waited {waited:?}"
+        );
+    }
 
     #[test]
     fn pending_existence_survives_until_commit() {

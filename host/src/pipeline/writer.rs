@@ -213,15 +213,36 @@ pub(super) struct LogSettlement {
     state: State,
     /// The generated row persisted for the batch being written.
     children: Option<(u64, Vec<DataPointTask>)>,
+    /// Finished rows are deleted on their own thread: the delete waits for the accept log's
+    /// connection, which the acceptor holds while it syncs appends, and the writer thread is
+    /// what caps ingestion. A row left behind by a crash is skipped by watermark at replay.
+    retire: Option<crossbeam_channel::Sender<Vec<u64>>>,
 }
 
 impl LogSettlement {
     pub(super) fn new(log: Arc<AcceptLog>, cfg: &PipelineConfig, committed: &State) -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded::<Vec<u64>>();
+        let retiring = log.clone();
+        let spawned = std::thread::Builder::new()
+            .name("dp3-log-retire".into())
+            .spawn(move || {
+                for finished in rx {
+                    delete_finished(&retiring, &finished);
+                }
+            });
         LogSettlement {
             log,
             state: State::fresh(cfg.shards, cfg.threads, committed.generated_upto),
             children: None,
+            retire: spawned.is_ok().then_some(tx),
         }
+    }
+}
+
+fn delete_finished(log: &AcceptLog, finished: &[u64]) {
+    if let Err(e) = log.delete(finished) {
+        // Harmless: the rows are skipped by watermark at the next replay.
+        warn!(error = %e, "cannot delete finished accept-log rows");
     }
 }
 
@@ -289,9 +310,16 @@ impl Settlement for LogSettlement {
                 }
             }
         }
-        if let Err(e) = self.log.delete(&finished) {
-            // Harmless: the rows are skipped by watermark at the next replay.
-            warn!(error = %e, "cannot delete finished accept-log rows");
+        if finished.is_empty() {
+            return;
+        }
+        match &self.retire {
+            Some(tx) => {
+                if let Err(e) = tx.send(finished) {
+                    delete_finished(&self.log, &e.into_inner());
+                }
+            }
+            None => delete_finished(&self.log, &finished),
         }
     }
 }

@@ -109,14 +109,42 @@ impl MetricsSource for PipelineMetrics {
     }
 }
 
-/// Entities per type (master records).
+/// Entities per type (master records). Counting reads the whole entity table, so it is
+/// redone only when this process committed a batch since the last count, or after
+/// [`EntityCounts::MAX_AGE`] (other processes may share the store): a client polling
+/// `/metrics` many times a second (such as `dp3 load` waiting for its datapoints to be
+/// applied) took CPU from the store writer.
 pub struct EntityCounts {
-    pub model: Arc<ModelSpec>,
-    pub store: Arc<dyn Store>,
+    model: Arc<ModelSpec>,
+    store: Arc<dyn Store>,
+    stats: Arc<PipelineStats>,
+    /// When the last count was taken and the number of applied batches it saw.
+    last_count: parking_lot::Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+impl EntityCounts {
+    pub const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30);
+
+    pub fn new(model: Arc<ModelSpec>, store: Arc<dyn Store>, stats: Arc<PipelineStats>) -> Self {
+        EntityCounts {
+            model,
+            store,
+            stats,
+            last_count: parking_lot::Mutex::new(None),
+        }
+    }
 }
 
 impl MetricsSource for EntityCounts {
     fn record(&self) {
+        // Read before counting: a batch committed during the count triggers the next one.
+        let changes = self.stats.batches_applied.get();
+        let mut last = self.last_count.lock();
+        if last.is_some_and(|(at, seen)| seen == changes && at.elapsed() < Self::MAX_AGE) {
+            // The gauges keep the values of the last count.
+            return;
+        }
+        *last = Some((std::time::Instant::now(), changes));
         for etype in self.model.entities.keys() {
             if let Ok(n) = self.store.count_master(etype) {
                 metrics::gauge!("dp3_entities", "etype" => etype.clone()).set(n as f64);

@@ -121,10 +121,11 @@ pub fn install_metrics(
             stats: pipeline.stats().clone(),
             in_flight: Arc::new(move || p.in_flight()),
         }),
-        Arc::new(EntityCounts {
-            model: model.clone(),
-            store: store.clone(),
-        }),
+        Arc::new(EntityCounts::new(
+            model.clone(),
+            store.clone(),
+            pipeline.stats().clone(),
+        )),
         Arc::new(HookMetrics {
             stats: modules.loader.stats().clone(),
             live: modules.loader.live().clone(),

@@ -53,16 +53,15 @@ fn revision(store: &dyn Store, eid: &Eid) -> i64 {
         .expect("#revision")
 }
 
-fn temp_store_path(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("dp3-writer-cache-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    (dir.join("store.sqlite"), dir)
+/// A store file in a fresh temporary directory (removed when the guard drops).
+fn temp_store_path() -> (std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    (dir.path().join("store.sqlite"), dir)
 }
 
 #[test]
 fn writes_by_another_store_on_the_same_file_are_seen() {
-    let (path, dir) = temp_store_path("two");
+    let (path, _dir) = temp_store_path();
     let a = SqliteStore::open(&path).expect("open a");
     let b = SqliteStore::open(&path).expect("open b");
     let eid = Eid::Int(1);
@@ -79,13 +78,11 @@ fn writes_by_another_store_on_the_same_file_are_seen() {
         "the token written by the other store survives: {master}"
     );
     assert_eq!(master.get_array("h").expect("history").len(), 3);
-    drop((a, b));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn maintenance_writes_are_seen_by_the_next_batch() {
-    let (path, dir) = temp_store_path("maintenance");
+    let (path, _dir) = temp_store_path();
     let store = SqliteStore::open(&path).expect("open");
     let eid = Eid::Int(7);
     store.apply(&push(&eid, 0)).expect("push");
@@ -121,13 +118,11 @@ fn maintenance_writes_are_seen_by_the_next_batch() {
         "expired token came back: {master}"
     );
     assert!(tokens.contains_key("live"));
-    drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_failed_batch_leaves_no_trace_in_the_next_one() {
-    let (path, dir) = temp_store_path("failed");
+    let (path, _dir) = temp_store_path();
     let store = SqliteStore::open(&path).expect("open");
     let eid = Eid::Int(3);
     store.apply(&push(&eid, 0)).expect("push");
@@ -147,6 +142,4 @@ fn a_failed_batch_leaves_no_trace_in_the_next_one() {
     );
     let master = store.get_master("ip", &eid).expect("get").expect("exists");
     assert_eq!(master.get_array("h").expect("history").len(), 2);
-    drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -172,10 +172,8 @@ mod tests {
 
     #[test]
     fn a_commit_by_another_connection_drops_the_cache() {
-        let dir = std::env::temp_dir().join(format!("dp3-entity-cache-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("t.sqlite");
-        let _ = std::fs::remove_file(&path);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
         let ours = Connection::open(&path).unwrap();
         ours.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t(x)")
             .unwrap();
@@ -193,7 +191,5 @@ mod tests {
         other.execute("INSERT INTO t VALUES (2)", []).unwrap();
         c.validate(&ours).unwrap();
         assert_eq!(id(&mut c, 1, b"a"), None, "another connection committed");
-        drop((ours, other));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

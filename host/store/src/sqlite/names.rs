@@ -16,10 +16,13 @@ pub struct Names {
     cache: RwLock<Cache>,
 }
 
+/// Looked up several times per datapoint by the writer: a fast hash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 struct Cache {
-    by_name: HashMap<String, i64>,
-    by_id: HashMap<i64, String>,
+    by_name: FastMap<String, i64>,
+    by_id: FastMap<i64, String>,
 }
 
 impl Names {
@@ -97,9 +100,15 @@ impl Names {
         names: impl IntoIterator<Item = &'a str>,
     ) -> Result<()> {
         let mut missing: Vec<&str> = Vec::new();
-        for n in names {
-            if self.cached(n).is_none() && !missing.contains(&n) {
-                missing.push(n);
+        {
+            let cache = self
+                .cache
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for n in names {
+                if !cache.by_name.contains_key(n) && !missing.contains(&n) {
+                    missing.push(n);
+                }
             }
         }
         if missing.is_empty() {

@@ -13,6 +13,7 @@ pub mod duration;
 pub mod eid;
 pub mod hash;
 pub mod history;
+pub mod recent;
 pub mod schedule;
 pub mod spec;
 pub mod task;

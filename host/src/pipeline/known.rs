@@ -8,25 +8,18 @@
 //! "exists" stays true until this lane itself processes a delete, which removes the entry.
 //! Absence is never cached: another process (or an earlier run) may create the entity.
 
-use std::collections::HashSet as StdHashSet;
-
 use dp3_model::Eid;
+use dp3_model::recent::RecentMap;
 
-/// Fast hashing (looked up for every task).
-type HashSet<T> = StdHashSet<T, foldhash::fast::RandomState>;
-
-/// Entries kept per generation; two generations are kept, so a lane remembers between `CAP`
-/// and `2 * CAP` entities (bounded memory with millions of entities, recently seen ones
-/// stay).
+/// Entries kept per generation: a lane remembers between `CAP` and `2 * CAP` entities
+/// (bounded memory with millions of entities, recently seen ones stay).
 const CAP: usize = 100_000;
 
-/// Entities known to exist, per entity type (indexed by the type's position in the model).
+/// Entities known to exist, by entity type (the type's position in the model).
 #[derive(Debug)]
 pub struct KnownEntities {
-    current: Vec<HashSet<Eid>>,
-    previous: Vec<HashSet<Eid>>,
-    len: usize,
-    cap: usize,
+    known: RecentMap<usize, Eid, ()>,
+    etypes: usize,
 }
 
 impl KnownEntities {
@@ -36,47 +29,27 @@ impl KnownEntities {
 
     fn with_capacity(etypes: usize, cap: usize) -> Self {
         KnownEntities {
-            current: vec![HashSet::default(); etypes],
-            previous: vec![HashSet::default(); etypes],
-            len: 0,
-            cap: cap.max(1),
+            known: RecentMap::new(cap),
+            etypes,
         }
     }
 
     /// Whether the entity is known to exist (`false` = unknown, ask elsewhere).
     pub fn contains(&self, etype: usize, eid: &Eid) -> bool {
-        self.current.get(etype).is_some_and(|s| s.contains(eid))
-            || self.previous.get(etype).is_some_and(|s| s.contains(eid))
+        self.known.contains_key(etype, eid)
     }
 
-    /// Remember that the entity exists.
+    /// Remember that the entity exists (entities of types outside the model are ignored).
     pub fn insert(&mut self, etype: usize, eid: &Eid) {
-        if etype >= self.current.len() || self.current[etype].contains(eid) {
-            return;
+        // Known already: `get_mut` keeps it in the current generation.
+        if etype < self.etypes && self.known.get_mut(etype, eid).is_none() {
+            self.known.insert(etype, eid.clone(), ());
         }
-        if self.len >= self.cap {
-            // Start a new generation; the oldest one is forgotten.
-            self.previous = std::mem::replace(
-                &mut self.current,
-                vec![HashSet::default(); self.previous.len()],
-            );
-            self.len = 0;
-        }
-        self.previous[etype].remove(eid);
-        self.current[etype].insert(eid.clone());
-        self.len += 1;
     }
 
     /// Forget the entity (it is being deleted).
     pub fn remove(&mut self, etype: usize, eid: &Eid) {
-        if let Some(s) = self.current.get_mut(etype)
-            && s.remove(eid)
-        {
-            self.len -= 1;
-        }
-        if let Some(s) = self.previous.get_mut(etype) {
-            s.remove(eid);
-        }
+        self.known.remove(etype, eid);
     }
 }
 
@@ -113,13 +86,6 @@ mod tests {
         k.insert(0, &e(6)); // 5 started a generation: current = {5, 6}, previous = {3, 1, 4}
         assert!(k.contains(0, &e(1)));
         assert!(!k.contains(0, &e(2)), "oldest generation forgotten");
-        assert!(
-            k.current
-                .iter()
-                .chain(&k.previous)
-                .map(HashSet::len)
-                .sum::<usize>()
-                <= 6
-        );
+        assert!(k.known.kept() <= 6);
     }
 }

@@ -59,6 +59,15 @@ fn temp_store_path() -> (std::path::PathBuf, tempfile::TempDir) {
     (dir.path().join("store.sqlite"), dir)
 }
 
+/// A store in a fresh temporary directory holding one pushed item of `eid` (the directory
+/// goes when the guard drops, after the store).
+fn store_with_one_item(eid: &Eid) -> (tempfile::TempDir, SqliteStore) {
+    let (path, dir) = temp_store_path();
+    let store = SqliteStore::open(&path).expect("open");
+    store.apply(&push(eid, 0)).expect("push");
+    (dir, store)
+}
+
 #[test]
 fn writes_by_another_store_on_the_same_file_are_seen() {
     let (path, _dir) = temp_store_path();
@@ -82,10 +91,8 @@ fn writes_by_another_store_on_the_same_file_are_seen() {
 
 #[test]
 fn maintenance_writes_are_seen_by_the_next_batch() {
-    let (path, _dir) = temp_store_path();
-    let store = SqliteStore::open(&path).expect("open");
     let eid = Eid::Int(7);
-    store.apply(&push(&eid, 0)).expect("push");
+    let (_dir, store) = store_with_one_item(&eid);
     store.apply(&ttl(&eid, "old", 5)).expect("ttl");
     let rev = revision(&store, &eid);
 
@@ -122,10 +129,8 @@ fn maintenance_writes_are_seen_by_the_next_batch() {
 
 #[test]
 fn a_failed_batch_leaves_no_trace_in_the_next_one() {
-    let (path, _dir) = temp_store_path();
-    let store = SqliteStore::open(&path).expect("open");
     let eid = Eid::Int(3);
-    store.apply(&push(&eid, 0)).expect("push");
+    let (_dir, store) = store_with_one_item(&eid);
     let before = revision(&store, &eid);
     // The entity write succeeds inside the transaction, then the meta write fails (a key
     // with a NUL byte cannot be encoded as BSON), so the whole batch is rolled back.

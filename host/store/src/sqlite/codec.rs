@@ -2,6 +2,7 @@
 
 use bson::{Bson, Document};
 use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::types::{ToSqlOutput, Value};
 
 use crate::error::{Result, StoreError};
 
@@ -118,6 +119,21 @@ impl<T> SqlResultExt<T> for std::result::Result<T, rusqlite::Error> {
     fn db(self) -> Result<T> {
         self.map_err(sql_err)
     }
+}
+
+/// An integer SQL value (for rows bound value by value).
+pub fn sql_int(v: i64) -> ToSqlOutput<'static> {
+    ToSqlOutput::Owned(Value::Integer(v))
+}
+
+/// An integer or NULL SQL value.
+pub fn sql_opt_int(v: Option<i64>) -> ToSqlOutput<'static> {
+    ToSqlOutput::Owned(v.map_or(Value::Null, Value::Integer))
+}
+
+/// A blob SQL value.
+pub fn sql_blob(v: Vec<u8>) -> ToSqlOutput<'static> {
+    ToSqlOutput::Owned(Value::Blob(v))
 }
 
 #[cfg(test)]

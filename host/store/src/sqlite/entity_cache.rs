@@ -9,28 +9,23 @@
 //! (history maintenance, TTL expiry) drop it too, and so does a failed batch (its
 //! transaction is rolled back, the cache may hold rows that were never committed).
 
-use std::collections::HashMap;
-
+use dp3_model::recent::RecentMap;
 use rusqlite::Connection;
 
 use super::codec::SqlResultExt;
 use super::master::EntityRow;
 use crate::error::Result;
 
-/// Rows kept per generation; two generations are kept, so the writer remembers between
-/// `CAP` and `2 * CAP` recently written entities (bounded memory with millions of entities).
+/// Rows kept per generation: the writer remembers between `CAP` and `2 * CAP` recently
+/// written entities (bounded memory with millions of entities).
 const CAP: usize = 100_000;
 
-type Rows = HashMap<i64, HashMap<Vec<u8>, EntityRow, foldhash::fast::RandomState>>;
-
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EntityCache {
-    current: Rows,
-    previous: Rows,
-    len: usize,
+    /// Rows by entity type id and entity key.
+    rows: RecentMap<i64, Vec<u8>, EntityRow>,
     /// `PRAGMA data_version` the cached rows were valid at (`None`: nothing cached).
     data_version: Option<i64>,
-    cap: usize,
 }
 
 impl EntityCache {
@@ -40,8 +35,8 @@ impl EntityCache {
 
     fn with_capacity(cap: usize) -> Self {
         EntityCache {
-            cap: cap.max(1),
-            ..Default::default()
+            rows: RecentMap::new(cap),
+            data_version: None,
         }
     }
 
@@ -60,62 +55,23 @@ impl EntityCache {
 
     /// Forget every row.
     pub fn clear(&mut self) {
-        self.current.clear();
-        self.previous.clear();
-        self.len = 0;
+        self.rows.clear();
         self.data_version = None;
     }
 
-    /// The cached row of an entity, to be changed in place as it is written. A row of the
-    /// previous generation moves to the current one.
+    /// The cached row of an entity, to be changed in place as it is written.
     pub fn get_mut(&mut self, etype: i64, key: &[u8]) -> Option<&mut EntityRow> {
-        let in_current = self
-            .current
-            .get(&etype)
-            .is_some_and(|m| m.contains_key(key));
-        if !in_current {
-            let row = self.previous.get_mut(&etype)?.remove(key)?;
-            return Some(self.insert(etype, key, row));
-        }
-        self.current.get_mut(&etype)?.get_mut(key)
+        self.rows.get_mut(etype, key)
     }
 
     /// Remember a row read from the file or created in the current transaction.
     pub fn insert(&mut self, etype: i64, key: &[u8], row: EntityRow) -> &mut EntityRow {
-        if self.len >= self.cap {
-            // Start a new generation; the oldest one is forgotten.
-            self.previous = std::mem::take(&mut self.current);
-            self.len = 0;
-        }
-        if let Some(m) = self.previous.get_mut(&etype) {
-            m.remove(key);
-        }
-        let rows = self.current.entry(etype).or_default();
-        match rows.entry(key.to_vec()) {
-            std::collections::hash_map::Entry::Occupied(mut e) => {
-                e.insert(row);
-                e.into_mut()
-            }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                self.len += 1;
-                e.insert(row)
-            }
-        }
+        self.rows.insert(etype, key.to_vec(), row)
     }
 
     /// Forget one entity (its row was deleted or changed outside the cache).
     pub fn remove(&mut self, etype: i64, key: &[u8]) {
-        if self
-            .current
-            .get_mut(&etype)
-            .and_then(|m| m.remove(key))
-            .is_some()
-        {
-            self.len -= 1;
-        }
-        if let Some(m) = self.previous.get_mut(&etype) {
-            m.remove(key);
-        }
+        self.rows.remove(etype, key);
     }
 }
 

@@ -7,10 +7,12 @@ use bson::{Bson, Document};
 use chrono::{DateTime, Utc};
 use dp3_model::aggregate::{AggregatedItem, MERGE_COUNT_KEY};
 use dp3_model::{Eid, HistoryItem, value};
+use rusqlite::types::{ToSqlOutput, Value};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::codec::{
-    SqlResultExt, bson_time, decode_doc, decode_value, encode_doc, encode_value, ms,
+    SqlResultExt, bson_time, decode_doc, decode_value, encode_doc, encode_value, ms, sql_blob,
+    sql_int,
 };
 use super::names::Names;
 use crate::error::{Result, StoreError};
@@ -39,6 +41,8 @@ pub const STORE_ENTITY_SQL: &str = "INSERT OR REPLACE INTO \
 /// re-inserts the row). Matches nothing if the row is gone or has another id.
 pub const UPDATE_ENTITY_SQL: &str = "UPDATE entity SET hash = ?3, time_created = ?4, \
      revision = ?5, ttl = ?6, min_t2s = ?7 WHERE etype = ?1 AND ekey = ?2 AND id = ?8";
+/// The history table with the columns of [`history_row`].
+pub const HISTORY_COLUMNS: &str = "history(entity, attr, seq, t1, t2, c, v)";
 pub const INSERT_HISTORY_SQL: &str =
     "INSERT INTO history(entity, attr, seq, t1, t2, c, v) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
@@ -144,6 +148,24 @@ pub fn refresh_min_t2(
     Ok(())
 }
 
+/// The values of one history row, in [`HISTORY_COLUMNS`] order.
+pub fn history_row(
+    entity: i64,
+    attr: i64,
+    seq: i64,
+    item: &HistoryItem,
+) -> Result<[ToSqlOutput<'static>; 7]> {
+    Ok([
+        sql_int(entity),
+        sql_int(attr),
+        sql_int(seq),
+        sql_int(ms(item.t1)),
+        sql_int(ms(item.t2)),
+        ToSqlOutput::Owned(item.c.map_or(Value::Null, Value::Real)),
+        sql_blob(encode_value(&item.v)?),
+    ])
+}
+
 pub fn insert_history(
     conn: &Connection,
     entity: i64,
@@ -151,33 +173,12 @@ pub fn insert_history(
     seq: i64,
     item: &HistoryItem,
 ) -> Result<()> {
-    insert_history_with(
-        &mut *conn.prepare_cached(INSERT_HISTORY_SQL).db()?,
-        entity,
-        attr,
-        seq,
-        item,
-    )
-}
-
-/// [`insert_history`] with a statement prepared from [`INSERT_HISTORY_SQL`] (hot path).
-pub fn insert_history_with(
-    stmt: &mut rusqlite::Statement<'_>,
-    entity: i64,
-    attr: i64,
-    seq: i64,
-    item: &HistoryItem,
-) -> Result<()> {
-    stmt.execute(params![
-        entity,
-        attr,
-        seq,
-        ms(item.t1),
-        ms(item.t2),
-        item.c,
-        encode_value(&item.v)?
-    ])
-    .db()?;
+    conn.prepare_cached(INSERT_HISTORY_SQL)
+        .db()?
+        .execute(rusqlite::params_from_iter(history_row(
+            entity, attr, seq, item,
+        )?))
+        .db()?;
     Ok(())
 }
 

@@ -67,12 +67,13 @@ struct Writer {
     entities: EntityCache,
 }
 
-/// Whether a write transaction may change entity rows outside the batch path (the writer's
-/// entity cache is dropped then).
+/// What a write transaction does to the writer's entity cache.
 #[derive(Clone, Copy, PartialEq)]
-enum Touches {
-    EntityRows,
-    OtherTables,
+enum EntityRows {
+    /// It may change entity rows without going through the cache: the cache is dropped.
+    ChangedDirectly,
+    /// It leaves entity rows alone, or changes them through the cache (batches).
+    ViaCacheOrUntouched,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -173,7 +174,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>, &Names) -> Result<T>,
     ) -> Result<T> {
-        self.write_touching(Touches::EntityRows, |tx, names, _| f(tx, names))
+        self.write_touching(EntityRows::ChangedDirectly, |tx, names, _| f(tx, names))
     }
 
     /// [`SqliteStore::write`] for transactions that leave entity rows alone.
@@ -181,17 +182,17 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>, &Names) -> Result<T>,
     ) -> Result<T> {
-        self.write_touching(Touches::OtherTables, |tx, names, _| f(tx, names))
+        self.write_touching(EntityRows::ViaCacheOrUntouched, |tx, names, _| f(tx, names))
     }
 
     fn write_touching<T>(
         &self,
-        touches: Touches,
+        rows: EntityRows,
         f: impl FnOnce(&rusqlite::Transaction<'_>, &Names, &mut EntityCache) -> Result<T>,
     ) -> Result<T> {
         let mut writer = lock(&self.writer);
         let Writer { conn, entities } = &mut *writer;
-        if touches == Touches::EntityRows {
+        if rows == EntityRows::ChangedDirectly {
             entities.clear();
         }
         let result = conn
@@ -217,7 +218,7 @@ impl Store for SqliteStore {
         }
         self.names
             .intern(&lock(&self.writer).conn, write::batch_names(batch))?;
-        self.write_touching(Touches::OtherTables, |tx, names, entities| {
+        self.write_touching(EntityRows::ViaCacheOrUntouched, |tx, names, entities| {
             entities.validate(tx)?;
             write::apply(tx, names, entities, batch)
         })

@@ -4,17 +4,17 @@
 
 use bson::{Bson, Document};
 use chrono::Utc;
-use dp3_model::{DataPoint, Eid, HistoryItem};
+use dp3_model::{DataPoint, Eid};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, params};
 
-use super::codec::{SqlResultExt, bson_time, encode_value, ms};
+use super::codec::{SqlResultExt, bson_time, encode_value, ms, sql_blob, sql_int, sql_opt_int};
 use super::entity_cache::EntityCache;
 use super::links;
 use super::master::{self, EntityRow};
 use super::meta;
 use super::names::Names;
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::keys::eid_key;
 use crate::types::{ApplyStats, EntityWrite, WriteBatch, WriteOp};
 
@@ -114,19 +114,6 @@ fn execute_bound(stmt: &mut rusqlite::Statement<'_>, values: &[ToSqlOutput<'_>])
     Ok(())
 }
 
-fn int(v: i64) -> ToSqlOutput<'static> {
-    ToSqlOutput::Owned(Value::Integer(v))
-}
-
-fn opt_int(v: Option<i64>) -> ToSqlOutput<'static> {
-    ToSqlOutput::Owned(v.map_or(Value::Null, Value::Integer))
-}
-
-fn blob(v: Vec<u8>) -> ToSqlOutput<'static> {
-    ToSqlOutput::Owned(Value::Blob(v))
-}
-
-const HISTORY_COLUMNS: &str = "history(entity, attr, seq, t1, t2, c, v)";
 const RAW_COLUMNS: &str = "raw(etype, ekey, attr, src, t1, t2, c, v)";
 
 const INSERT_PLAIN_SQL: &str =
@@ -151,7 +138,7 @@ impl<'c> Hot<'c> {
             store_entity: conn.prepare_cached(master::STORE_ENTITY_SQL).db()?,
             update_entity: conn.prepare_cached(master::UPDATE_ENTITY_SQL).db()?,
             insert_plain: conn.prepare_cached(INSERT_PLAIN_SQL).db()?,
-            history: RowInserter::new(HISTORY_COLUMNS, 7),
+            history: RowInserter::new(master::HISTORY_COLUMNS, 7),
             raw: RowInserter::new(RAW_COLUMNS, 8),
             names: Vec::new(),
         })
@@ -277,7 +264,8 @@ fn apply_entity(
         for (attr, item) in &w.history {
             let at = hot.name(conn, names, attr)?;
             *seq += 1;
-            push_history(conn, hot, row.id, at, *seq, item)?;
+            hot.history
+                .push(conn, master::history_row(row.id, at, *seq, item)?)?;
             let t2 = ms(item.t2);
             let lower = match row.min_t2s.get(attr) {
                 Some(Bson::DateTime(cur)) => cur.timestamp_millis() > t2,
@@ -304,35 +292,24 @@ fn apply_entity(
     row.revision += 1;
     // The row is changed in the cache before the transaction commits: a failed batch drops
     // the whole cache (see `SqliteStore::write_touching`).
-    if created || master::store_entity_with(&mut hot.update_entity, et, key, row)? == 0 {
+    if created {
         master::store_entity_with(&mut hot.store_entity, et, key, row)?;
+    } else if master::store_entity_with(&mut hot.update_entity, et, key, row)? == 0 {
+        // The row was read or cached in this transaction, so it cannot be gone; if it is,
+        // fail the batch (it is retried with an empty cache) rather than write a stale row.
+        return Err(StoreError::backend(
+            "sqlite",
+            format!(
+                "entity row {} disappeared while the batch was written",
+                row.id
+            ),
+        ));
     }
     stats.entities_written += 1;
     if created {
         stats.entities_created += 1;
     }
     Ok(())
-}
-
-fn push_history(
-    conn: &Connection,
-    hot: &mut Hot<'_>,
-    entity: i64,
-    attr: i64,
-    seq: i64,
-    item: &HistoryItem,
-) -> Result<()> {
-    let c = ToSqlOutput::Owned(item.c.map_or(Value::Null, Value::Real));
-    let row = [
-        int(entity),
-        int(attr),
-        int(seq),
-        int(ms(item.t1)),
-        int(ms(item.t2)),
-        c,
-        blob(encode_value(&item.v)?),
-    ];
-    hot.history.push(conn, row)
 }
 
 fn append_raw<'b>(
@@ -348,14 +325,14 @@ fn append_raw<'b>(
         None => ToSqlOutput::Owned(Value::Null),
     };
     let row = [
-        int(et),
-        blob(eid_key(&dp.eid)),
-        int(at),
+        sql_int(et),
+        sql_blob(eid_key(&dp.eid)),
+        sql_int(at),
         src,
-        opt_int(dp.t1.map(ms)),
-        opt_int(dp.t2.map(ms)),
+        sql_opt_int(dp.t1.map(ms)),
+        sql_opt_int(dp.t2.map(ms)),
         ToSqlOutput::Owned(Value::Real(dp.c)),
-        blob(encode_value(&dp.v)?),
+        sql_blob(encode_value(&dp.v)?),
     ];
     hot.raw.push(conn, row)
 }

@@ -141,33 +141,113 @@ fn two_handles_on_one_file_see_each_other() {
     assert_eq!(again.count_master("E").expect("count"), 201);
 }
 
+/// A store holding one entity with three history items and a TTL token, written by this
+/// build and then turned back into the layout of store version 4 (the `entity` table keyed
+/// `(etype, ekey)` WITHOUT ROWID).
+fn version_4_store(path: &std::path::Path, eid: &Eid) {
+    let s = SqliteStore::open(path).expect("create");
+    let mut w = EntityWrite::new("E", eid.clone());
+    for i in 0..3 {
+        let t1 = Utc::now() - chrono::TimeDelta::minutes(10 - i);
+        w.history.push((
+            "o".into(),
+            dp3_store::HistoryItem {
+                t1,
+                t2: t1,
+                v: Bson::Int64(i),
+                c: Some(1.0),
+            },
+        ));
+    }
+    w.ttl
+        .push(("base".into(), Utc::now() + chrono::TimeDelta::days(1)));
+    s.apply(&WriteBatch {
+        ops: vec![WriteOp::Entity(w)],
+        ..Default::default()
+    })
+    .expect("write");
+    drop(s);
+    let conn = rusqlite::Connection::open(path).expect("sqlite");
+    conn.execute_batch(
+        "CREATE TABLE entity_v4(
+             etype INTEGER NOT NULL, ekey BLOB NOT NULL, id INTEGER NOT NULL,
+             hash INTEGER, time_created INTEGER, revision INTEGER NOT NULL,
+             ttl BLOB, min_t2s BLOB,
+             PRIMARY KEY(etype, ekey)) WITHOUT ROWID;
+         INSERT INTO entity_v4 SELECT etype, ekey, id, hash, time_created, revision, ttl, min_t2s
+             FROM entity;
+         DROP TABLE entity;
+         ALTER TABLE entity_v4 RENAME TO entity;
+         PRAGMA user_version = 4;",
+    )
+    .expect("downgrade to version 4");
+}
+
+/// Open the old store at `path`: it is migrated to the current version, keeps the entity
+/// of [`version_4_store`] (history, TTL, revision) and takes new writes to it.
+fn assert_migrated(path: &std::path::Path, eid: &Eid) -> rusqlite::Connection {
+    let s = SqliteStore::open(path).expect("migrates");
+    let master = s.get_master("E", eid).expect("get").expect("some");
+    assert_eq!(master.get_array("o").expect("history").len(), 3);
+    assert_eq!(master.get_i32("#revision").expect("revision"), 1);
+    assert!(
+        master
+            .get_document("#ttl")
+            .expect("ttl")
+            .contains_key("base")
+    );
+    let mut w = EntityWrite::new("E", eid.clone());
+    w.plain.push(("p".into(), Bson::Int32(7), Utc::now()));
+    s.apply(&WriteBatch {
+        ops: vec![WriteOp::Entity(w)],
+        ..Default::default()
+    })
+    .expect("write after migration");
+    let master = s.get_master("E", eid).expect("get").expect("some");
+    assert_eq!(master.get_i32("#revision").expect("revision"), 2);
+    assert_eq!(master.get_array("o").expect("history").len(), 3);
+    assert_eq!(s.count_master("E").expect("count"), 1);
+    drop(s);
+    let conn = rusqlite::Connection::open(path).expect("sqlite");
+    let version: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, dp3_store::sqlite::SCHEMA_VERSION);
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'entity_key'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("entity key index");
+    assert!(sql.contains("UNIQUE"), "{sql}");
+    conn
+}
+
+#[test]
+fn version_4_stores_are_migrated_with_their_entities() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.db");
+    let eid = Eid::String("x".into());
+    version_4_store(&path, &eid);
+    let conn = assert_migrated(&path, &eid);
+    let table: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'entity'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("entity table");
+    assert!(!table.contains("WITHOUT ROWID"), "{table}");
+}
+
 #[test]
 fn version_3_stores_are_migrated_with_their_history() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("store.db");
     let eid = Eid::String("x".into());
-    {
-        let s = SqliteStore::open(&path).expect("create");
-        let mut w = EntityWrite::new("E", eid.clone());
-        for i in 0..3 {
-            let t1 = Utc::now() - chrono::TimeDelta::minutes(10 - i);
-            w.history.push((
-                "o".into(),
-                dp3_store::HistoryItem {
-                    t1,
-                    t2: t1,
-                    v: Bson::Int64(i),
-                    c: Some(1.0),
-                },
-            ));
-        }
-        s.apply(&WriteBatch {
-            ops: vec![WriteOp::Entity(w)],
-            ..Default::default()
-        })
-        .expect("write");
-    }
-    // Turn the file back into a version-3 store (the index without `t2`).
+    version_4_store(&path, &eid);
+    // Version 3 had the history index without `t2`.
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
     conn.execute_batch(
         "DROP INDEX history_key; CREATE INDEX history_key ON history(entity, attr); \
@@ -175,16 +255,7 @@ fn version_3_stores_are_migrated_with_their_history() {
     )
     .expect("downgrade");
     drop(conn);
-
-    let s = SqliteStore::open(&path).expect("migrates");
-    let master = s.get_master("E", &eid).expect("get").expect("some");
-    assert_eq!(master.get_array("o").expect("history").len(), 3);
-    drop(s);
-    let conn = rusqlite::Connection::open(&path).expect("sqlite");
-    let version: i32 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .expect("version");
-    assert_eq!(version, dp3_store::sqlite::SCHEMA_VERSION);
+    let conn = assert_migrated(&path, &eid);
     let sql: String = conn
         .query_row(
             "SELECT sql FROM sqlite_master WHERE name = 'history_key'",

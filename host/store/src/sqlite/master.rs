@@ -40,7 +40,7 @@ pub const STORE_ENTITY_SQL: &str = "INSERT OR REPLACE INTO \
 /// [`STORE_ENTITY_SQL`] for a row believed to exist: updated in place (a replace deletes and
 /// re-inserts the row). Matches nothing if the row is gone or has another id.
 pub const UPDATE_ENTITY_SQL: &str = "UPDATE entity SET hash = ?3, time_created = ?4, \
-     revision = ?5, ttl = ?6, min_t2s = ?7 WHERE etype = ?1 AND ekey = ?2 AND id = ?8";
+     revision = ?5, ttl = ?6, min_t2s = ?7 WHERE id = ?8 AND etype = ?1 AND ekey = ?2";
 /// The history table with the columns of [`history_row`].
 pub const HISTORY_COLUMNS: &str = "history(entity, attr, seq, t1, t2, c, v)";
 pub const INSERT_HISTORY_SQL: &str =

@@ -9,10 +9,15 @@ use crate::error::{Result, StoreError};
 /// `PRAGMA application_id` of a dp3-rs store ("DP3R").
 pub const APPLICATION_ID: i32 = 0x4450_3352;
 /// `PRAGMA user_version`: bump with a migration when the layout changes.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// All tables. Per-entity tables are keyed `(etype, ekey, ...)` WITHOUT ROWID so one
-/// entity's rows are clustered, except `history`: its rows are appended in `seq` (arrival)
+/// entity's rows are clustered, except `entity` and `history`. `entity` is keyed by its
+/// small integer `id` (found by key through the `entity_key` index): every batch rewrites
+/// the row of each entity it touches, and a rowid update is overwritten in place without
+/// touching the index, where a WITHOUT ROWID row is found by comparing blob keys and deleted
+/// and re-inserted (measured: ~25% of the store writer's time went to that update).
+/// `history`: its rows are appended in `seq` (arrival)
 /// order and found through the narrow `history_key` index `(entity, attr, t2)` (a snapshot
 /// run reads only the `t2` range that can count at its time; readers order items by `seq`,
 /// arrival order); history refers to its entity by the
@@ -24,10 +29,10 @@ const DDL: &str = "
 CREATE TABLE name(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE counter(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE entity(
-    etype INTEGER NOT NULL, ekey BLOB NOT NULL, id INTEGER NOT NULL,
+    id INTEGER PRIMARY KEY, etype INTEGER NOT NULL, ekey BLOB NOT NULL,
     hash INTEGER, time_created INTEGER, revision INTEGER NOT NULL,
-    ttl BLOB, min_t2s BLOB,
-    PRIMARY KEY(etype, ekey)) WITHOUT ROWID;
+    ttl BLOB, min_t2s BLOB);
+CREATE UNIQUE INDEX entity_key ON entity(etype, ekey);
 CREATE TABLE plain(
     etype INTEGER NOT NULL, ekey BLOB NOT NULL, attr INTEGER NOT NULL,
     v BLOB NOT NULL, ts INTEGER NOT NULL,
@@ -115,7 +120,7 @@ pub fn ensure_schema(conn: &mut Connection, path: &Path) -> Result<()> {
     tx.commit().map_err(|e| open_err(path, e))
 }
 
-fn check_version(conn: &Connection, path: &Path) -> Result<()> {
+fn check_version(conn: &mut Connection, path: &Path) -> Result<()> {
     let mut version: i32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| open_err(path, e))?;
@@ -134,6 +139,11 @@ fn check_version(conn: &Connection, path: &Path) -> Result<()> {
         .map_err(|e| open_err(path, format!("cannot migrate the store to version 4 ({e})")))?;
         version = 4;
     }
+    if version == 4 {
+        migrate_to_5(conn)
+            .map_err(|e| open_err(path, format!("cannot migrate the store to version 5 ({e})")))?;
+        version = 5;
+    }
     if version != SCHEMA_VERSION {
         return Err(open_err(
             path,
@@ -149,4 +159,27 @@ fn check_version(conn: &Connection, path: &Path) -> Result<()> {
     })
     .map_err(|e| open_err(path, format!("database is damaged ({e})")))?;
     Ok(())
+}
+
+/// v5: the `entity` table is keyed by `id` (a rowid table) with a unique `(etype, ekey)`
+/// index. The version is re-read under the write lock, so processes opening the same v4
+/// file at once migrate it once.
+fn migrate_to_5(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: i32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == 4 {
+        tx.execute_batch(
+            "CREATE TABLE entity_v5(
+                 id INTEGER PRIMARY KEY, etype INTEGER NOT NULL, ekey BLOB NOT NULL,
+                 hash INTEGER, time_created INTEGER, revision INTEGER NOT NULL,
+                 ttl BLOB, min_t2s BLOB);
+             INSERT INTO entity_v5(id, etype, ekey, hash, time_created, revision, ttl, min_t2s)
+                 SELECT id, etype, ekey, hash, time_created, revision, ttl, min_t2s FROM entity;
+             DROP TABLE entity;
+             ALTER TABLE entity_v5 RENAME TO entity;
+             CREATE UNIQUE INDEX entity_key ON entity(etype, ekey);
+             PRAGMA user_version = 5;",
+        )?;
+    }
+    tx.commit()
 }

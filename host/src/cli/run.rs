@@ -142,7 +142,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("dp3-http")
-        .on_thread_start(crate::pipeline::priority::defer_to_writer)
+        .on_thread_start(|| {
+            crate::pipeline::priority::defer_to_writer(crate::pipeline::priority::HTTP_NICENESS)
+        })
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {

@@ -526,7 +526,7 @@ fn run_lane(
     executor: &Executor,
     shared: &Shared,
 ) {
-    priority::defer_to_writer();
+    priority::defer_to_writer(priority::LANE_NICENESS);
     let mut known = known::KnownEntities::new(executor.model.entities.len());
     loop {
         if shared.lanes_stop.load(Ordering::SeqCst) {

@@ -25,7 +25,10 @@ use tower::ServiceExt;
 #[derive(Default)]
 struct RecordingSubmitter {
     tasks: Mutex<Vec<DataPointTask>>,
+    /// `submit` answers Overloaded.
     overloaded: Mutex<bool>,
+    /// `refusal` answers Overloaded (checked before the body is parsed).
+    full: Mutex<bool>,
 }
 
 impl TaskSubmitter for RecordingSubmitter {
@@ -39,6 +42,12 @@ impl TaskSubmitter for RecordingSubmitter {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let _ = tx.send(Ok(()));
         Ok(rx)
+    }
+
+    fn refusal(&self) -> Option<SubmitError> {
+        (*self.full.lock()).then_some(SubmitError::Overloaded {
+            retry_after_secs: 3,
+        })
     }
 }
 
@@ -423,6 +432,31 @@ async fn overload_is_503_with_retry_after() {
     assert!(r.body["detail"].is_string());
     let r = h.send(Method::DELETE, "/entity/A/1", None).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_datapoints_before_parsing_them() {
+    let h = harness();
+    *h.submitter.full.lock() = true;
+    // Invalid (unknown type) and valid bodies alike: 503, nothing validated or submitted.
+    for body in [
+        r#"[{"type":"nope","id":1,"attr":"data1","v":"x"}]"#,
+        r#"[{"type":"A","id":1,"attr":"data1","v":"x"}]"#,
+    ] {
+        let r = h.post_json("/datapoints", body).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+        assert_eq!(r.headers[header::RETRY_AFTER], "3");
+    }
+    assert!(h.submitter.tasks.lock().is_empty());
+    *h.submitter.full.lock() = false;
+    let r = h
+        .post_json(
+            "/datapoints",
+            r#"[{"type":"A","id":1,"attr":"data1","v":"x"}]"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(h.submitter.tasks.lock().len(), 1);
 }
 
 #[tokio::test]

@@ -356,7 +356,8 @@ fn replay_applies_unfinished_tasks_exactly_once() {
 }
 
 /// Beyond the in-flight limit, submissions are refused as overloaded (HTTP 503), never
-/// buffered without bound.
+/// buffered without bound; after a refusal, `refusal` (checked by the API before parsing a
+/// request) answers overloaded until the pipeline has drained to 7/8 of the limit.
 #[test]
 fn backpressure_refuses_when_full() {
     struct Slow;
@@ -371,26 +372,35 @@ fn backpressure_refuses_when_full() {
         Arc::new(Slow),
         PipelineConfig {
             threads: 1,
-            max_in_flight: 10,
+            max_in_flight: 16,
             ..cfg()
         },
     );
-    let first = p
-        .submit(
-            (0..10)
-                .map(|i| task(&format!("s{i}"), vec![obs(&format!("s{i}"), 1, 0)]))
-                .collect(),
-        )
-        .unwrap();
-    let refused = p.submit(vec![task("late", vec![obs("late", 1, 0)])]);
+    let tasks = |prefix: &str, n: usize| -> Vec<DataPointTask> {
+        (0..n)
+            .map(|i| {
+                let eid = format!("{prefix}{i}");
+                task(&eid, vec![obs(&eid, 1, 0)])
+            })
+            .collect()
+    };
+    // 15 of 16 in flight, above the low watermark (14).
+    let first = p.submit(tasks("s", 15)).unwrap();
+    assert_eq!(p.refusal(), None, "room for more");
+    let refused = p.submit(tasks("late", 2));
     assert!(
         matches!(refused, Err(SubmitError::Overloaded { .. })),
         "{refused:?}"
     );
+    assert!(p.in_flight() < 16);
+    assert!(
+        matches!(p.refusal(), Some(SubmitError::Overloaded { .. })),
+        "after a refusal, requests are refused unparsed until the pipeline drains"
+    );
     first.blocking_recv().unwrap().unwrap();
     assert!(p.wait_idle(Duration::from_secs(20)));
-    p.submit(vec![task("late", vec![obs("late", 1, 0)])])
-        .unwrap();
+    assert_eq!(p.refusal(), None);
+    p.submit(tasks("late", 2)).unwrap();
     assert!(p.wait_idle(Duration::from_secs(20)));
     p.shutdown(Duration::from_secs(5));
 }

@@ -772,6 +772,10 @@ fn connection_loss_is_survived_and_nothing_accepted_is_lost() {
         "no silent acceptance while disconnected"
     );
     assert!(
+        matches!(publisher.refusal(), Some(SubmitError::Unavailable(_))),
+        "the API refuses before parsing while disconnected"
+    );
+    assert!(
         !consumer.ack(&b_tags[0]),
         "acks of the dead channel are refused"
     );
@@ -781,6 +785,7 @@ fn connection_loss_is_survived_and_nothing_accepted_is_lost() {
         publisher.wait_connected(Duration::from_secs(10)),
         "publisher reconnects"
     );
+    assert_eq!(publisher.refusal(), None);
     assert!(
         wait_until(Duration::from_secs(10), || consumer.is_connected()),
         "consumer reconnects"

@@ -77,6 +77,9 @@ pub async fn post_datapoints(
     );
     // FastAPI reads a JSON body only for JSON content types; other declared types reach
     // validation as text (`list_type`). A missing Content-Type is read as JSON (never 415).
+    if let Some(refused) = state.submitter.refusal() {
+        return Err(refused.into());
+    }
     let result = if is_json_content_type(&parts.headers) == Some(false) {
         Err(vec![ErrorItem::fastapi(
             "list_type",

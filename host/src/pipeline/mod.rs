@@ -21,7 +21,9 @@
 //! again.
 //!
 //! Backpressure: at most `max_in_flight` tasks may be accepted but not yet applied; beyond
-//! that `submit` fails with [`SubmitError::Overloaded`] (HTTP 503 + Retry-After).
+//! that `submit` fails with [`SubmitError::Overloaded`] (HTTP 503 + Retry-After). After such
+//! a refusal, `refusal` answers overloaded (so the API refuses requests unparsed) until the
+//! in-flight count falls to 7/8 of the limit.
 //!
 //! Broker mode ([`Pipeline::start_worker`], `dp3 worker`) replaces the accept log by
 //! RabbitMQ: see [`broker`].
@@ -133,6 +135,11 @@ struct Shared {
     rows: Mutex<HashMap<u64, usize>>,
     /// Tasks dispatched (or reserved for dispatch) but not yet applied.
     in_flight: AtomicUsize,
+    /// Set when a submission is refused as overloaded, cleared once `in_flight` falls to the
+    /// low watermark: while set, [`TaskSubmitter::refusal`] refuses requests before they are
+    /// parsed. Without it the API parsed nearly every request it then refused: in steady
+    /// overload `in_flight` sits just below the limit, with less room than one request.
+    full: AtomicBool,
     accepting: AtomicBool,
     /// Tells idle lanes to exit (shutdown).
     lanes_stop: AtomicBool,
@@ -263,6 +270,7 @@ impl Pipeline {
             lanes: senders,
             rows: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
+            full: AtomicBool::new(false),
             accepting: AtomicBool::new(true),
             lanes_stop: AtomicBool::new(false),
             unavailable: Mutex::new(None),
@@ -428,18 +436,41 @@ impl Pipeline {
 }
 
 impl TaskSubmitter for Pipeline {
-    fn submit(&self, tasks: Vec<DataPointTask>) -> Result<Accepted, SubmitError> {
-        let (reply, rx) = oneshot::channel();
+    fn refusal(&self) -> Option<SubmitError> {
         if matches!(self.shared.source, Source::Broker(_)) {
-            return Err(SubmitError::Unavailable(
+            return Some(SubmitError::Unavailable(
                 "this worker takes tasks from RabbitMQ only".into(),
             ));
         }
         if !self.shared.accepting.load(Ordering::SeqCst) {
-            return Err(SubmitError::ShuttingDown);
+            return Some(SubmitError::ShuttingDown);
         }
         if let Some(reason) = self.shared.unavailable.lock().clone() {
-            return Err(SubmitError::Unavailable(reason));
+            return Some(SubmitError::Unavailable(reason));
+        }
+        let overloaded = Some(SubmitError::Overloaded {
+            retry_after_secs: 1,
+        });
+        let in_flight = self.shared.in_flight.load(Ordering::SeqCst);
+        let max = self.shared.cfg.max_in_flight;
+        if in_flight >= max {
+            return overloaded;
+        }
+        if self.shared.full.load(Ordering::SeqCst) {
+            if in_flight > max - max / 8 {
+                return overloaded;
+            }
+            self.shared.full.store(false, Ordering::SeqCst);
+        }
+        None
+    }
+
+    fn submit(&self, tasks: Vec<DataPointTask>) -> Result<Accepted, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        if let Some(refused) = self.refusal()
+            && !matches!(refused, SubmitError::Overloaded { .. })
+        {
+            return Err(refused);
         }
         if tasks.is_empty() {
             let _ = reply.send(Ok(()));
@@ -449,6 +480,7 @@ impl TaskSubmitter for Pipeline {
         let before = self.shared.in_flight.fetch_add(n, Ordering::SeqCst);
         if before + n > self.shared.cfg.max_in_flight && before > 0 {
             self.shared.in_flight.fetch_sub(n, Ordering::SeqCst);
+            self.shared.full.store(true, Ordering::SeqCst);
             return Err(SubmitError::Overloaded {
                 retry_after_secs: 1,
             });

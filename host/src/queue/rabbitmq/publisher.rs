@@ -317,6 +317,20 @@ impl TaskSubmitter for RabbitPublisher {
     fn submit(&self, tasks: Vec<DataPointTask>) -> Result<Accepted, SubmitError> {
         self.publish_tasks(&tasks, false)
     }
+
+    fn refusal(&self) -> Option<SubmitError> {
+        if *self.shared.stop.borrow() {
+            Some(SubmitError::ShuttingDown)
+        } else if !self.is_connected() {
+            Some(self.shared.unavailable())
+        } else if self.shared.unconfirmed.available_permits() == 0 {
+            Some(SubmitError::Overloaded {
+                retry_after_secs: 1,
+            })
+        } else {
+            None
+        }
+    }
 }
 
 /// DP3's API routing of control actions: `make_snapshots` to worker 0, the two refresh

@@ -8,7 +8,8 @@
 # binaries by the ratios within one round.
 #
 # Usage: scripts/ingest_ab.sh BINARY [BINARY ...]
-#   env: DATAPOINTS (1000000) ROUNDS (3) PORT (5690)
+#   env: DATAPOINTS (1000000) ROUNDS (3) PORT (5690) LOAD_ARGS (more `dp3 load` flags, e.g.
+#        "--concurrency 16 --rate 220000" for twice the sustainable load)
 #   e.g. cp target/release/dp3 /tmp/dp3-new; scripts/ingest_ab.sh /tmp/dp3-old /tmp/dp3-new
 # The modules of the example configuration are loaded from target/release (build them with
 # `cargo build --release --workspace` first).
@@ -18,7 +19,8 @@ cd "$(dirname "$0")/.."
 DATAPOINTS=${DATAPOINTS:-1000000}
 ROUNDS=${ROUNDS:-3}
 PORT=${PORT:-5690}
-[[ $# -ge 1 ]] || { sed -n '2,14p' "$0"; exit 2; }
+LOAD_ARGS=${LOAD_ARGS:-}
+[[ $# -ge 1 ]] || { sed -n '2,15p' "$0"; exit 2; }
 
 ticks() { awk '{print $14 + $15}' "$1"; }   # utime + stime, in clock ticks
 HZ=$(getconf CLK_TCK)
@@ -34,7 +36,13 @@ run_one() {
     done
     local before
     before=$(ticks /proc/$pid/stat)
-    "$bin" load --url "http://127.0.0.1:$PORT" --config config --datapoints "$DATAPOINTS" 2>&1 |
+    # Peak anonymous memory (heap): RSS also counts store pages the readers map, which are
+    # shared page cache, not memory the server holds.
+    (while kill -0 "$pid" 2>/dev/null; do awk '/RssAnon/ {print $2}' /proc/$pid/status; sleep 1; done |
+        sort -n | tail -1 >"$data/anon_peak") 2>/dev/null &
+    local sampler=$!
+    # shellcheck disable=SC2086 # LOAD_ARGS is a list of flags
+    "$bin" load --url "http://127.0.0.1:$PORT" --config config --datapoints "$DATAPOINTS" $LOAD_ARGS 2>&1 |
         grep -E "accepted|overloaded|throughput|latency|memory"
     local after
     after=$(ticks /proc/$pid/stat)
@@ -46,6 +54,8 @@ run_one() {
         END {for (g in c) if (c[g] > 0) printf "  %-16s %6.2f µs/dp\n", g, c[g] * 1e6 / hz / n}' | sort
     kill "$pid"
     wait "$pid" || true
+    wait "$sampler" || true
+    echo "peak anonymous RSS: $(($(cat "$data/anon_peak") / 1024)) MiB"
     rm -rf "$data"
 }
 

@@ -121,9 +121,10 @@ pub fn ensure_schema(conn: &mut Connection, path: &Path) -> Result<()> {
 }
 
 fn check_version(conn: &mut Connection, path: &Path) -> Result<()> {
-    let mut version: i32 = conn
+    let found: i32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| open_err(path, e))?;
+    let mut version = found;
     if version == 2 {
         // v3: history rows carry the aggregation merge count `n` (NULL = 1).
         conn.execute_batch("ALTER TABLE history ADD COLUMN n INTEGER; PRAGMA user_version = 3;")
@@ -143,6 +144,14 @@ fn check_version(conn: &mut Connection, path: &Path) -> Result<()> {
         migrate_to_5(conn)
             .map_err(|e| open_err(path, format!("cannot migrate the store to version 5 ({e})")))?;
         version = 5;
+    }
+    if version != found {
+        tracing::info!(
+            path = %path.display(),
+            from = found,
+            to = version,
+            "store migrated (older dp3-rs builds cannot open it any more)"
+        );
     }
     if version != SCHEMA_VERSION {
         return Err(open_err(

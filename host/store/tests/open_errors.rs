@@ -141,6 +141,16 @@ fn two_handles_on_one_file_see_each_other() {
     assert_eq!(again.count_master("E").expect("count"), 201);
 }
 
+/// The `CREATE` statement of a table or index.
+fn schema_sql(conn: &rusqlite::Connection, name: &str) -> String {
+    conn.query_row(
+        "SELECT sql FROM sqlite_master WHERE name = ?1",
+        [name],
+        |r| r.get(0),
+    )
+    .unwrap_or_else(|e| panic!("no schema entry '{name}': {e}"))
+}
+
 /// A store holding one entity with three history items and a TTL token, written by this
 /// build and then turned back into the layout of store version 4 (the `entity` table keyed
 /// `(etype, ekey)` WITHOUT ROWID).
@@ -213,13 +223,7 @@ fn assert_migrated(path: &std::path::Path, eid: &Eid) -> rusqlite::Connection {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
     assert_eq!(version, dp3_store::sqlite::SCHEMA_VERSION);
-    let sql: String = conn
-        .query_row(
-            "SELECT sql FROM sqlite_master WHERE name = 'entity_key'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("entity key index");
+    let sql = schema_sql(&conn, "entity_key");
     assert!(sql.contains("UNIQUE"), "{sql}");
     conn
 }
@@ -231,13 +235,7 @@ fn version_4_stores_are_migrated_with_their_entities() {
     let eid = Eid::String("x".into());
     version_4_store(&path, &eid);
     let conn = assert_migrated(&path, &eid);
-    let table: String = conn
-        .query_row(
-            "SELECT sql FROM sqlite_master WHERE name = 'entity'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("entity table");
+    let table = schema_sql(&conn, "entity");
     assert!(!table.contains("WITHOUT ROWID"), "{table}");
 }
 
@@ -256,12 +254,6 @@ fn version_3_stores_are_migrated_with_their_history() {
     .expect("downgrade");
     drop(conn);
     let conn = assert_migrated(&path, &eid);
-    let sql: String = conn
-        .query_row(
-            "SELECT sql FROM sqlite_master WHERE name = 'history_key'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("index");
+    let sql = schema_sql(&conn, "history_key");
     assert!(sql.contains("t2"), "{sql}");
 }

@@ -75,11 +75,13 @@ pub async fn post_datapoints(
         parts.extensions.get::<ConnectInfo<SocketAddr>>(),
         &parts.headers,
     );
-    // FastAPI reads a JSON body only for JSON content types; other declared types reach
-    // validation as text (`list_type`). A missing Content-Type is read as JSON (never 415).
+    // A full (or unavailable) queue refuses before the body is parsed: under overload most
+    // requests are refused, and validating them would take CPU from applying.
     if let Some(refused) = state.submitter.refusal() {
         return Err(refused.into());
     }
+    // FastAPI reads a JSON body only for JSON content types; other declared types reach
+    // validation as text (`list_type`). A missing Content-Type is read as JSON (never 415).
     let result = if is_json_content_type(&parts.headers) == Some(false) {
         Err(vec![ErrorItem::fastapi(
             "list_type",

@@ -360,16 +360,22 @@ fn replay_applies_unfinished_tasks_exactly_once() {
 /// request) answers overloaded until the pipeline has drained to 7/8 of the limit.
 #[test]
 fn backpressure_refuses_when_full() {
-    struct Slow;
-    impl IngestionHooks for Slow {
+    /// Holds every task at its start until opened, so nothing drains while the test looks.
+    #[derive(Default)]
+    struct Gate(parking_lot::Mutex<bool>, parking_lot::Condvar);
+    impl IngestionHooks for Gate {
         fn on_task_start(&self, _t: &DataPointTask) {
-            std::thread::sleep(Duration::from_millis(50));
+            let mut open = self.0.lock();
+            while !*open {
+                self.1.wait(&mut open);
+            }
         }
     }
+    let gate = Arc::new(Gate::default());
     let env = env();
     let p = start(
         &env,
-        Arc::new(Slow),
+        Arc::clone(&gate) as Arc<dyn IngestionHooks>,
         PipelineConfig {
             threads: 1,
             max_in_flight: 16,
@@ -398,6 +404,8 @@ fn backpressure_refuses_when_full() {
         "after a refusal, requests are refused unparsed until the pipeline drains"
     );
     first.blocking_recv().unwrap().unwrap();
+    *gate.0.lock() = true;
+    gate.1.notify_all();
     assert!(p.wait_idle(Duration::from_secs(20)));
     assert_eq!(p.refusal(), None);
     p.submit(tasks("late", 2)).unwrap();

@@ -83,6 +83,16 @@ pub struct AcceptLog {
     conn: Mutex<Connection>,
 }
 
+/// How a write transaction reaches the disk.
+#[derive(Clone, Copy)]
+enum Sync {
+    /// Synced before the commit returns (`synchronous = FULL`): rows the API acknowledges.
+    Durable,
+    /// Synced by the next durable commit (`synchronous = NORMAL`): deletes of finished rows,
+    /// since a row that reappears after a power loss is skipped by watermark at replay.
+    Lazy,
+}
+
 /// Marks our files: refuse to use a SQLite file of another application.
 const APPLICATION_ID: i64 = 0x4450_3341; // "DP3A"
 
@@ -128,6 +138,25 @@ impl AcceptLog {
         })
     }
 
+    /// Run `f` in one transaction committed with `sync`. Every write states its own sync
+    /// level, so a lazy delete can never leave a later append unsynced.
+    fn write<T>(
+        &self,
+        sync: Sync,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, AcceptLogError> {
+        let mut conn = self.conn.lock();
+        let level = match sync {
+            Sync::Durable => "FULL",
+            Sync::Lazy => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", level)?;
+        let tx = conn.transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
     /// Append rows in one durable transaction; returns their sequence numbers.
     pub fn append(&self, rows: &[NewRow<'_>]) -> Result<Vec<u64>, AcceptLogError> {
         // Encode before taking the lock: the encoding is CPU work that need not serialise.
@@ -135,20 +164,7 @@ impl AcceptLog {
             .iter()
             .map(|r| task_codec::encode(r.tasks))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
-        let mut seqs = Vec::with_capacity(rows.len());
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO accepted (kind, priority, tasks) VALUES (?1, ?2, ?3)",
-            )?;
-            for (row, blob) in rows.iter().zip(&blobs) {
-                stmt.execute(params![row.kind.code(), row.priority, blob])?;
-                seqs.push(tx.last_insert_rowid() as u64);
-            }
-        }
-        tx.commit()?;
-        Ok(seqs)
+        self.write(Sync::Durable, |tx| insert_rows(tx, rows, &blobs))
     }
 
     /// All rows in sequence order.
@@ -185,27 +201,12 @@ impl AcceptLog {
     }
 
     /// Delete rows whose tasks are all applied. The delete is not synced to disk on its own
-    /// (a row that reappears after a power loss is skipped by watermark at replay); the next
-    /// append's sync covers it.
+    /// ([`Sync::Lazy`]); the next append's sync covers it.
     pub fn delete(&self, seqs: &[u64]) -> Result<(), AcceptLogError> {
         if seqs.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn.lock();
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let deleted = (|| {
-            let tx = conn.transaction()?;
-            {
-                let mut stmt = tx.prepare_cached("DELETE FROM accepted WHERE seq = ?1")?;
-                for s in seqs {
-                    stmt.execute(params![*s as i64])?;
-                }
-            }
-            tx.commit()
-        })();
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        deleted?;
-        Ok(())
+        self.write(Sync::Lazy, |tx| delete_rows(tx, seqs))
     }
 
     /// Replace rows `old` by `new` in one transaction (used by replay to leave only
@@ -215,34 +216,21 @@ impl AcceptLog {
             .iter()
             .map(|r| task_codec::encode(r.tasks))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
-        let mut seqs = Vec::with_capacity(new.len());
-        {
-            let mut del = tx.prepare_cached("DELETE FROM accepted WHERE seq = ?1")?;
-            for s in old {
-                del.execute(params![*s as i64])?;
-            }
-            let mut ins = tx.prepare_cached(
-                "INSERT INTO accepted (kind, priority, tasks) VALUES (?1, ?2, ?3)",
-            )?;
-            for (row, blob) in new.iter().zip(&blobs) {
-                ins.execute(params![row.kind.code(), row.priority, blob])?;
-                seqs.push(tx.last_insert_rowid() as u64);
-            }
-        }
-        tx.commit()?;
-        Ok(seqs)
+        self.write(Sync::Durable, |tx| {
+            delete_rows(tx, old)?;
+            insert_rows(tx, new, &blobs)
+        })
     }
 
     /// Delete generated rows with `seq > after`: their generating batch never committed, so
     /// replaying that batch's tasks will generate them again.
     pub fn delete_generated_after(&self, after: u64) -> Result<usize, AcceptLogError> {
-        let conn = self.conn.lock();
-        Ok(conn.execute(
-            "DELETE FROM accepted WHERE kind = 1 AND seq > ?1",
-            params![after as i64],
-        )?)
+        self.write(Sync::Durable, |tx| {
+            tx.execute(
+                "DELETE FROM accepted WHERE kind = 1 AND seq > ?1",
+                params![after as i64],
+            )
+        })
     }
 
     /// Number of rows (pending submissions).
@@ -257,6 +245,29 @@ impl AcceptLog {
     pub fn is_empty(&self) -> Result<bool, AcceptLogError> {
         Ok(self.len()? == 0)
     }
+}
+
+fn insert_rows(
+    tx: &rusqlite::Transaction<'_>,
+    rows: &[NewRow<'_>],
+    blobs: &[Vec<u8>],
+) -> rusqlite::Result<Vec<u64>> {
+    let mut stmt =
+        tx.prepare_cached("INSERT INTO accepted (kind, priority, tasks) VALUES (?1, ?2, ?3)")?;
+    let mut seqs = Vec::with_capacity(rows.len());
+    for (row, blob) in rows.iter().zip(blobs) {
+        stmt.execute(params![row.kind.code(), row.priority, blob])?;
+        seqs.push(tx.last_insert_rowid() as u64);
+    }
+    Ok(seqs)
+}
+
+fn delete_rows(tx: &rusqlite::Transaction<'_>, seqs: &[u64]) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached("DELETE FROM accepted WHERE seq = ?1")?;
+    for s in seqs {
+        stmt.execute(params![*s as i64])?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -311,6 +322,33 @@ mod tests {
             }])
             .unwrap();
         assert!(again[0] > seqs[1]);
+    }
+
+    #[test]
+    fn appends_after_a_lazy_delete_are_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AcceptLog::open(&dir.path().join("accept.sqlite")).unwrap();
+        let tasks = [task("a")];
+        let row = || NewRow {
+            kind: RowKind::External,
+            priority: false,
+            tasks: &tasks,
+        };
+        let synchronous = |log: &AcceptLog| -> i64 {
+            log.conn
+                .lock()
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap()
+        };
+        let seqs = log.append(&[row()]).unwrap();
+        log.delete(&seqs).unwrap();
+        assert_eq!(
+            synchronous(&log),
+            1,
+            "the delete itself is not synced (NORMAL)"
+        );
+        log.append(&[row()]).unwrap();
+        assert_eq!(synchronous(&log), 2, "appends commit with FULL");
     }
 
     #[test]

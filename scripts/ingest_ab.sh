@@ -55,7 +55,9 @@ run_one() {
     kill "$pid"
     wait "$pid" || true
     wait "$sampler" || true
-    echo "peak anonymous RSS: $(($(cat "$data/anon_peak") / 1024)) MiB"
+    local anon
+    anon=$(cat "$data/anon_peak" 2>/dev/null || true)
+    echo "peak anonymous RSS: $((${anon:-0} / 1024)) MiB"
     rm -rf "$data"
 }
 

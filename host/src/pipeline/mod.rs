@@ -435,8 +435,9 @@ impl Pipeline {
     }
 }
 
-impl TaskSubmitter for Pipeline {
-    fn refusal(&self) -> Option<SubmitError> {
+impl Pipeline {
+    /// Why no task can be accepted at all right now (whatever the load).
+    fn not_accepting(&self) -> Option<SubmitError> {
         if matches!(self.shared.source, Source::Broker(_)) {
             return Some(SubmitError::Unavailable(
                 "this worker takes tasks from RabbitMQ only".into(),
@@ -445,31 +446,44 @@ impl TaskSubmitter for Pipeline {
         if !self.shared.accepting.load(Ordering::SeqCst) {
             return Some(SubmitError::ShuttingDown);
         }
-        if let Some(reason) = self.shared.unavailable.lock().clone() {
-            return Some(SubmitError::Unavailable(reason));
-        }
-        let overloaded = Some(SubmitError::Overloaded {
-            retry_after_secs: 1,
-        });
+        self.shared
+            .unavailable
+            .lock()
+            .clone()
+            .map(SubmitError::Unavailable)
+    }
+
+    /// Whether the pipeline counts as full: at the limit, or refused a submission and not
+    /// yet drained to the low watermark (7/8 of the limit; reaching it clears the mark).
+    fn is_full(&self) -> bool {
         let in_flight = self.shared.in_flight.load(Ordering::SeqCst);
         let max = self.shared.cfg.max_in_flight;
         if in_flight >= max {
-            return overloaded;
+            return true;
         }
-        if self.shared.full.load(Ordering::SeqCst) {
-            if in_flight > max - max / 8 {
-                return overloaded;
-            }
-            self.shared.full.store(false, Ordering::SeqCst);
+        if !self.shared.full.load(Ordering::SeqCst) {
+            return false;
         }
-        None
+        if in_flight > max - max / 8 {
+            return true;
+        }
+        self.shared.full.store(false, Ordering::SeqCst);
+        false
+    }
+}
+
+impl TaskSubmitter for Pipeline {
+    fn refusal(&self) -> Option<SubmitError> {
+        self.not_accepting().or_else(|| {
+            self.is_full().then_some(SubmitError::Overloaded {
+                retry_after_secs: 1,
+            })
+        })
     }
 
     fn submit(&self, tasks: Vec<DataPointTask>) -> Result<Accepted, SubmitError> {
         let (reply, rx) = oneshot::channel();
-        if let Some(refused) = self.refusal()
-            && !matches!(refused, SubmitError::Overloaded { .. })
-        {
+        if let Some(refused) = self.not_accepting() {
             return Err(refused);
         }
         if tasks.is_empty() {

@@ -269,8 +269,8 @@ impl RabbitPublisher {
             let _ = reply.send(Ok(()));
             return Ok(rx);
         }
-        if !self.is_connected() {
-            return Err(self.shared.unavailable());
+        if let Some(refused) = self.not_publishing() {
+            return Err(refused);
         }
         let n = u32::try_from(messages.len()).unwrap_or(u32::MAX);
         let Ok(permit) = self.shared.unconfirmed.clone().try_acquire_many_owned(n) else {
@@ -284,6 +284,17 @@ impl RabbitPublisher {
             let _ = reply.send(result);
         });
         Ok(rx)
+    }
+
+    /// Why nothing can be published right now: stopping, or no connection to the broker.
+    fn not_publishing(&self) -> Option<SubmitError> {
+        if *self.shared.stop.borrow() {
+            Some(SubmitError::ShuttingDown)
+        } else if !self.is_connected() {
+            Some(self.shared.unavailable())
+        } else {
+            None
+        }
     }
 
     /// Wait for an [`Accepted`] from a plain thread (pipeline lanes, the writer, the
@@ -319,17 +330,11 @@ impl TaskSubmitter for RabbitPublisher {
     }
 
     fn refusal(&self) -> Option<SubmitError> {
-        if *self.shared.stop.borrow() {
-            Some(SubmitError::ShuttingDown)
-        } else if !self.is_connected() {
-            Some(self.shared.unavailable())
-        } else if self.shared.unconfirmed.available_permits() == 0 {
-            Some(SubmitError::Overloaded {
+        self.not_publishing().or_else(|| {
+            (self.shared.unconfirmed.available_permits() == 0).then_some(SubmitError::Overloaded {
                 retry_after_secs: 1,
             })
-        } else {
-            None
-        }
+        })
     }
 }
 

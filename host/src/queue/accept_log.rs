@@ -81,10 +81,13 @@ pub struct Row {
 /// The accept log file.
 pub struct AcceptLog {
     conn: Mutex<Connection>,
+    /// The `synchronous` level the connection is set to (changed only when a write needs
+    /// another one, i.e. around the lazy deletes).
+    sync: Mutex<Sync>,
 }
 
 /// How a write transaction reaches the disk.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Sync {
     /// Synced before the commit returns (`synchronous = FULL`): rows the API acknowledges.
     Durable,
@@ -135,6 +138,7 @@ impl AcceptLog {
         .map_err(|e| open_err(e.to_string()))?;
         Ok(AcceptLog {
             conn: Mutex::new(conn),
+            sync: Mutex::new(Sync::Durable),
         })
     }
 
@@ -146,11 +150,16 @@ impl AcceptLog {
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, AcceptLogError> {
         let mut conn = self.conn.lock();
-        let level = match sync {
-            Sync::Durable => "FULL",
-            Sync::Lazy => "NORMAL",
-        };
-        conn.pragma_update(None, "synchronous", level)?;
+        let mut current = self.sync.lock();
+        if *current != sync {
+            let level = match sync {
+                Sync::Durable => "FULL",
+                Sync::Lazy => "NORMAL",
+            };
+            conn.pragma_update(None, "synchronous", level)?;
+            *current = sync;
+        }
+        drop(current);
         let tx = conn.transaction()?;
         let out = f(&tx)?;
         tx.commit()?;
